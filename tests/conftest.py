@@ -1,0 +1,89 @@
+"""Shared fixtures: a loopback HTTP server and small synthetic VOC trees."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class FileServer:
+    """Serves byte strings on 127.0.0.1 with Range support and injectable faults.
+
+    routes[path] = (body, mode) where mode is "ok", "cut_once" (the first GET sends half the
+    body and drops the connection), "error" (always 500) or ("fail", n) (n times 500, then ok).
+    """
+
+    def __init__(self):
+        self.routes: dict[str, tuple[bytes, object]] = {}
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self._hits: dict[str, int] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append((self.path, self.headers.get("Range")))
+                hit = server._hits[self.path] = server._hits.get(self.path, 0) + 1
+                if self.path not in server.routes:
+                    self.send_error(404)
+                    return
+                body, mode = server.routes[self.path]
+                if mode == "error" or (isinstance(mode, tuple) and hit <= mode[1]):
+                    self.send_error(500)
+                    return
+                start = 0
+                rng = self.headers.get("Range")
+                if rng:
+                    start = int(rng.split("=")[1].split("-")[0])
+                    if start >= len(body):
+                        self.send_response(416)
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                payload = body[start:]
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if mode == "cut_once" and hit == 1:
+                    self.wfile.write(payload[: len(payload) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # drop mid-body, as a flaky network does
+                    return
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def small_voc(tmp_path_factory) -> Path:
+    """A small synthetic VOC2012 folder (12 train, 8 val, 60-120 px), shared by the session."""
+    import synthetic
+
+    root = tmp_path_factory.mktemp("voc") / "VOCdevkit" / "VOC2012"
+    return synthetic.generate_voc_tree(root, num_train=12, num_val=8, seed=3, min_size=60,
+                                       max_size=120, grayscale_every=5, progress=False)
