@@ -1,0 +1,243 @@
+"""DeepLab v3: ResNet-50 cut after conv4, conv5 rebuilt with atrous convolution, and ASPP.
+
+    from model import build_deeplabv3
+    model = build_deeplabv3((384, 384, 3), backbone_weights="imagenet")  # logits (B, 384, 384, 21)
+
+Inputs are RGB images as float32 in [0, 255] (the pipeline's range); the backbone's ImageNet
+preprocessing happens inside the model, so pretrained weights see what they were trained on.
+Every layer is named, the model returns logits, and there are no `Lambda` layers, so a
+`.keras` file loads with `safe_mode=True`.
+"""
+from __future__ import annotations
+
+import os
+
+import keras
+from keras import layers, ops
+
+from voc import NUM_CLASSES
+
+BN_EPSILON = 1.001e-5  # keras.applications.ResNet50's, so pretrained statistics carry over
+# (output stride) -> dilation of the conv4 and conv5 stages, and the ASPP rates.
+ATROUS = {16: {"conv4": 1, "conv5": 2, "aspp": (6, 12, 18)},
+          8: {"conv4": 2, "conv5": 4, "aspp": (12, 24, 36)}}
+RESNET_STAGES = {"conv4": (256, 6), "conv5": (512, 3)}  # bottleneck filters, blocks
+BACKBONES = ("resnet50", "mobilenetv2")
+
+
+@keras.saving.register_keras_serializable(package="deeplab")
+class ImagenetPreprocessing(layers.Layer):
+    """[0, 255] RGB to what an ImageNet backbone expects.
+
+    mode "caffe" (ResNet-50): RGB -> BGR, minus the ImageNet channel means.
+    mode "tf" (MobileNetV2): scaled to [-1, 1].
+    """
+
+    BGR_MEAN = (103.939, 116.779, 123.68)
+
+    def __init__(self, mode: str = "caffe", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf"):
+            raise ValueError(f"unknown preprocessing mode {mode!r}")
+        self.mode = mode
+
+    def call(self, images):
+        if self.mode == "tf":
+            return images / 127.5 - 1.0
+        bgr = ops.flip(images, axis=-1)
+        return bgr - ops.convert_to_tensor(self.BGR_MEAN, dtype=bgr.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="deeplab")
+class ResizeLike(layers.Layer):
+    """Bilinearly resize `x` (B, h, w, C) to the spatial size of `reference` (B, H, W, ?).
+
+    The size is read at run time, so one model serves any input size.
+    """
+
+    def call(self, x, reference):
+        size = ops.shape(reference)[1:3]
+        return ops.image.resize(x, size, interpolation="bilinear")
+
+    def compute_output_shape(self, x_shape, reference_shape):
+        return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="deeplab")
+class ASPP(layers.Layer):
+    """Atrous spatial pyramid pooling (DeepLab v3, Chen et al. 2017, section 3.3).
+
+    Five parallel branches on the backbone features (B, h, w, C_in): a 1x1 conv, three 3x3
+    atrous convs at `rates`, and image pooling (global average -> 1x1 conv -> BN -> ReLU ->
+    broadcast back to (h, w), which is what bilinear upsampling of a 1x1 map gives). Each
+    branch has `filters` channels with batch norm and ReLU; their concatenation (B, h, w,
+    5 * filters) is projected by a 1x1 conv to `filters`, with BN, ReLU and dropout.
+    """
+
+    def __init__(self, rates=(6, 12, 18), filters: int = 256, dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.rates, self.filters, self.dropout = tuple(rates), filters, dropout
+
+        def conv_bn(tag, kernel=1, rate=1):
+            conv = layers.Conv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=False,
+                                 name=f"{tag}_conv")
+            return conv, layers.BatchNormalization(name=f"{tag}_bn"), layers.ReLU(name=f"{tag}_relu")
+
+        self.branches = [conv_bn("b0_1x1")] + [conv_bn(f"b{i + 1}_rate{r}", 3, r) for i, r in enumerate(rates)]
+        self.pool = layers.GlobalAveragePooling2D(keepdims=True, name="pool")
+        self.pool_branch = conv_bn("pool")  # the chapter's bug skipped this conv
+        self.concat = layers.Concatenate(name="concat")
+        self.project = conv_bn("project")
+        self.drop = layers.Dropout(dropout, name="dropout")
+
+    def build(self, input_shape):
+        # Build every sublayer now, so weights exist (and load) before the first call.
+        shape = tuple(input_shape)
+        for conv, bn, _ in self.branches:
+            conv.build(shape)
+            bn.build(shape[:-1] + (self.filters,))
+        pooled = (shape[0], 1, 1, shape[-1])
+        self.pool_branch[0].build(pooled)
+        self.pool_branch[1].build(pooled[:-1] + (self.filters,))
+        self.project[0].build(shape[:-1] + (self.filters * (len(self.branches) + 1),))
+        self.project[1].build(shape[:-1] + (self.filters,))
+
+    @staticmethod
+    def _apply(block, x, training):
+        conv, bn, relu = block
+        return relu(bn(conv(x), training=training))
+
+    def call(self, features, training=None):
+        outs = [self._apply(b, features, training) for b in self.branches]
+        pooled = self._apply(self.pool_branch, self.pool(features), training)  # (B, 1, 1, filters)
+        outs.append(pooled + ops.zeros_like(outs[0]))  # broadcast to (B, h, w, filters)
+        x = self._apply(self.project, self.concat(outs), training)
+        return self.drop(x, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.filters,)
+
+    def get_config(self):
+        return {**super().get_config(), "rates": list(self.rates), "filters": self.filters,
+                "dropout": self.dropout}
+
+
+def bottleneck(x, filters: int, name: str, dilation: int = 1, projection: bool = False):
+    """A ResNet-50 v1 bottleneck at stride 1, its 3x3 conv dilated by `dilation`.
+
+    Layer names match keras.applications.ResNet50, so pretrained weights map one to one. The
+    shortcut is the block's input, which is the previous block's output after its ReLU.
+    (B, h, w, C) -> (B, h, w, 4 * filters).
+    """
+    shortcut = x
+    if projection:
+        shortcut = layers.Conv2D(4 * filters, 1, name=f"{name}_0_conv")(x)
+        shortcut = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_0_bn")(shortcut)
+    y = layers.Conv2D(filters, 1, name=f"{name}_1_conv")(x)
+    y = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_1_bn")(y)
+    y = layers.Activation("relu", name=f"{name}_1_relu")(y)
+    y = layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv")(y)
+    y = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_2_bn")(y)
+    y = layers.Activation("relu", name=f"{name}_2_relu")(y)
+    y = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(y)
+    y = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_3_bn")(y)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.Activation("relu", name=f"{name}_out")(y)
+
+
+def _pretrained(factory, weights, x, name: str):
+    """Instantiate a keras.applications backbone on tensor `x`, with a clear error offline."""
+    if weights not in (None, "imagenet") and not os.path.isfile(weights):
+        raise FileNotFoundError(f"backbone weights file {weights!r} does not exist")
+    try:
+        return factory(include_top=False, weights=weights, input_tensor=x)
+    except Exception as err:  # the download raises several types; all mean the same to a user
+        if weights != "imagenet":
+            raise
+        raise RuntimeError(
+            f"could not fetch ImageNet weights for {name} ({type(err).__name__}: {err}). Without internet, "
+            f"copy Keras's {name} 'notop' weights file here and pass its path (train.py "
+            f"--backbone-weights PATH), or pass --backbone-weights none to train from scratch.") from err
+
+
+def _resnet50_features(x, weights, output_stride: int, multi_grid):
+    """ResNet-50 features at `output_stride`: (B, H/os, W/os, 2048)."""
+    resnet = _pretrained(keras.applications.ResNet50, weights, x, "ResNet-50")
+    rates = ATROUS[output_stride]
+    # Output stride 16 keeps keras's conv4 (stride 16); 8 rebuilds conv4 too, dilated.
+    rebuilt = ["conv5"] if output_stride == 16 else ["conv4", "conv5"]
+    cut = "conv4_block6_out" if output_stride == 16 else "conv3_block4_out"
+    y = resnet.get_layer(cut).output  # (B, H/16, W/16, 1024) or (B, H/8, W/8, 512)
+    grid = {"conv4": (1,) * RESNET_STAGES["conv4"][1], "conv5": tuple(multi_grid or (1, 1, 1))}
+    for stage in rebuilt:
+        filters, blocks = RESNET_STAGES[stage]
+        for b in range(blocks):
+            y = bottleneck(y, filters, f"{stage}_block{b + 1}", dilation=rates[stage] * grid[stage][b],
+                           projection=b == 0)
+    return y, resnet
+
+
+def _mobilenetv2_features(x, weights, output_stride: int):
+    """MobileNetV2 features, truncated where the stride reaches `output_stride`.
+
+    Output stride 16 takes `block_13_expand_relu` (B, H/16, W/16, 576); 8 takes
+    `block_6_expand_relu` (B, H/8, W/8, 192). Lighter than ResNet-50 for on-board use.
+    """
+    net = _pretrained(keras.applications.MobileNetV2, weights, x, "MobileNetV2")
+    cut = "block_13_expand_relu" if output_stride == 16 else "block_6_expand_relu"
+    return net.get_layer(cut).output, net
+
+
+def copy_backbone_weights(model: keras.Model, source: keras.Model) -> list[str]:
+    """Copy weights from `source` into every layer of `model` with the same name; return the names.
+
+    Used for the rebuilt (dilated) stages: a dilation leaves a kernel's shape unchanged.
+    """
+    copied = []
+    source_layers = {layer.name: layer for layer in source.layers}
+    for layer in model.layers:
+        twin = source_layers.get(layer.name)
+        if twin is not None and twin is not layer and twin.weights:
+            layer.set_weights(twin.get_weights())
+            copied.append(layer.name)
+    return copied
+
+
+def build_deeplabv3(input_shape=(384, 384, 3), num_classes: int = NUM_CLASSES, backbone_weights="imagenet",
+                    output_stride: int = 16, backbone: str = "resnet50", multi_grid=None,
+                    aspp_filters: int = 256, dropout: float = 0.1) -> keras.Model:
+    """DeepLab v3 mapping (B, H, W, 3) RGB in [0, 255] to logits (B, H, W, num_classes).
+
+    Args:
+        input_shape: (H, W, 3); H and W may be None for a model that takes any size.
+        backbone_weights: "imagenet" (Keras's download), a path to a Keras weights file for
+            the backbone (`include_top=False`), or None.
+        output_stride: 16 (conv5 at rate 2, ASPP 6/12/18) or 8 (conv4 at 2, conv5 at 4, ASPP 12/24/36).
+        backbone: "resnet50" or "mobilenetv2" (lighter, for on-board inference).
+        multi_grid: conv5's per-block rate multipliers, e.g. (1, 2, 4); None means (1, 1, 1).
+    """
+    if output_stride not in ATROUS:
+        raise ValueError(f"output_stride must be 16 or 8, got {output_stride}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+    if isinstance(backbone_weights, str) and backbone_weights.lower() == "none":
+        backbone_weights = None
+    images = keras.Input(shape=input_shape, name="image")  # (B, H, W, 3), [0, 255]
+    if backbone == "resnet50":
+        x = ImagenetPreprocessing("caffe", name="imagenet_preprocessing")(images)
+        features, source = _resnet50_features(x, backbone_weights, output_stride, multi_grid)
+    else:
+        x = ImagenetPreprocessing("tf", name="imagenet_preprocessing")(images)
+        features, source = _mobilenetv2_features(x, backbone_weights, output_stride)
+    # (B, H/os, W/os, C) -> (B, H/os, W/os, 256)
+    head = ASPP(ATROUS[output_stride]["aspp"], aspp_filters, dropout, name="aspp")(features)
+    logits = layers.Conv2D(num_classes, 1, name="classifier")(head)  # (B, H/os, W/os, classes)
+    # float32 logits even under a mixed-precision policy, so the loss sees full precision.
+    logits = ResizeLike(name="logits", dtype="float32")(logits, images)  # (B, H, W, classes)
+    model = keras.Model(images, logits, name=f"deeplabv3_{backbone}_os{output_stride}")
+    if backbone == "resnet50" and backbone_weights is not None:
+        copy_backbone_weights(model, source)
+    return model

@@ -1,0 +1,147 @@
+"""model.py: shapes, atrous rates, weight transfer, saving; one fit step with loss and metrics."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+import losses
+import metrics
+import model as deeplab
+from voc import IGNORE_LABEL, NUM_CLASSES
+
+
+@pytest.fixture(scope="module")
+def models():
+    """One any-size model per output stride, built once for the module (no pretrained weights)."""
+    return {os_: deeplab.build_deeplabv3((None, None, 3), backbone_weights=None, output_stride=os_)
+            for os_ in (16, 8)}
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("size", [64, 96])
+def test_logits_at_input_resolution(models, output_stride, size):
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    y = models[output_stride](x, training=False)
+    assert tuple(y.shape) == (2, size, size, NUM_CLASSES)
+    assert y.dtype == "float32"
+
+
+def test_fixed_size_build_and_non_square_input(models):
+    m = deeplab.build_deeplabv3((64, 96, 3), backbone_weights=None)
+    assert tuple(m.output.shape) == (None, 64, 96, NUM_CLASSES)
+    assert tuple(models[16](np.zeros((1, 72, 104, 3), "float32")).shape) == (1, 72, 104, NUM_CLASSES)
+
+
+def _rates(m, stage, blocks):
+    return [m.get_layer(f"{stage}_block{b}_2_conv").dilation_rate for b in range(1, blocks + 1)]
+
+
+def test_atrous_rates_for_output_stride_16_and_8(models):
+    m16, m8 = models[16], models[8]
+    assert _rates(m16, "conv5", 3) == [(2, 2)] * 3
+    assert _rates(m16, "conv4", 6) == [(1, 1)] * 6
+    assert [b[0].dilation_rate for b in m16.get_layer("aspp").branches[1:]] == [(6, 6), (12, 12), (18, 18)]
+    assert _rates(m8, "conv4", 6) == [(2, 2)] * 6
+    assert _rates(m8, "conv5", 3) == [(4, 4)] * 3
+    assert [b[0].dilation_rate for b in m8.get_layer("aspp").branches[1:]] == [(12, 12), (24, 24), (36, 36)]
+    # No stage downsamples after the cut: features stay at H/16 (or H/8).
+    for m, os_ in ((m16, 16), (m8, 8)):
+        feats = keras.Model(m.input, m.get_layer("conv5_block3_out").output)(np.zeros((1, 64, 64, 3), "float32"))
+        assert tuple(feats.shape) == (1, 64 // os_, 64 // os_, 2048)
+
+
+def test_multi_grid_multiplies_conv5_rates():
+    m = deeplab.build_deeplabv3((64, 64, 3), backbone_weights=None, multi_grid=(1, 2, 4))
+    assert _rates(m, "conv5", 3) == [(2, 2), (4, 4), (8, 8)]
+
+
+def test_shortcuts_take_the_previous_blocks_relu_output(models):
+    m = models[16]
+    add = m.get_layer("conv5_block2_add")
+    sources = {t._keras_history.operation.name for t in add.input}
+    assert "conv5_block1_out" in sources  # the ReLU'd output, not conv5_block1_add
+    proj = m.get_layer("conv5_block1_0_conv")
+    assert proj.input._keras_history.operation.name == "conv4_block6_out"
+
+
+def test_aspp_pooling_branch_has_its_conv(models):
+    aspp = models[16].get_layer("aspp")
+    conv, bn, _ = aspp.pool_branch
+    assert conv.kernel.shape == (1, 1, 2048, 256) and bn.built
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_weights_file_is_carried_into_every_backbone_layer(tmp_path, output_stride):
+    source = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
+    rng = np.random.default_rng(1)
+    for layer in source.layers:  # random statistics too, so batch norm moments are checked
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.get_weights()])
+    path = tmp_path / "resnet50_notop.weights.h5"
+    source.save_weights(path)
+    m = deeplab.build_deeplabv3((64, 64, 3), backbone_weights=str(path), output_stride=output_stride)
+    checked = 0
+    for layer in m.layers:
+        if layer.name.startswith(("conv1", "conv2", "conv3", "conv4", "conv5")) and layer.weights:
+            for got, want in zip(layer.get_weights(), source.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(got, want, err_msg=layer.name)
+            checked += 1
+    assert checked == 53 * 2  # every conv (conv1, 48 in blocks, 4 projections) and its batch norm
+    rebuilt = "conv5" if output_stride == 16 else "conv4"
+    assert m.get_layer(f"{rebuilt}_block2_2_conv").dilation_rate != (1, 1)
+
+
+def test_missing_weights_file_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="no_such.h5"):
+        deeplab.build_deeplabv3((64, 64, 3), backbone_weights="no_such.h5")
+
+
+def test_imagenet_download_failure_tells_the_user_what_to_do(monkeypatch):
+    from keras.src.applications import resnet
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(resnet.file_utils, "get_file", offline)
+    with pytest.raises(RuntimeError, match="--backbone-weights PATH"):
+        deeplab.build_deeplabv3((64, 64, 3), backbone_weights="imagenet")
+
+
+def test_preprocessing_is_inside_the_model(models):
+    layer = models[16].get_layer("imagenet_preprocessing")
+    x = np.array([[[[255.0, 128.0, 0.0]]]], "float32")
+    np.testing.assert_allclose(np.asarray(layer(x))[0, 0, 0], [0.0 - 103.939, 128.0 - 116.779, 255.0 - 123.68],
+                               rtol=1e-6)
+
+
+def test_keras_file_round_trip_with_safe_mode(models, tmp_path):
+    m = models[16]
+    path = tmp_path / "m.keras"
+    m.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded.layers)
+    x = np.random.default_rng(2).uniform(0, 255, (1, 64, 80, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(m(x, training=False)), np.asarray(loaded(x, training=False)))
+
+
+def test_mobilenetv2_backbone_has_the_same_head():
+    m = deeplab.build_deeplabv3((96, 96, 3), backbone_weights=None, backbone="mobilenetv2")
+    assert tuple(m(np.zeros((1, 96, 96, 3), "float32")).shape) == (1, 96, 96, NUM_CLASSES)
+    assert m.count_params() < 8_000_000
+    assert m.get_layer("imagenet_preprocessing").mode == "tf"
+
+
+def test_one_fit_step_with_loss_and_metrics(models):
+    m = models[16]
+    m.compile(optimizer=keras.optimizers.Adam(1e-4), loss=losses.ce_dice_loss_from_logits(NUM_CLASSES),
+              metrics=metrics.segmentation_metrics(NUM_CLASSES))
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    y = rng.integers(0, NUM_CLASSES, (2, 64, 64)).astype("int32")
+    y[:, :4] = IGNORE_LABEL
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    before = [w.numpy().copy() for w in m.trainable_weights[-2:]]
+    history = m.fit(ds, epochs=1, verbose=0)
+    assert set(history.history) >= {"loss", "pixel_accuracy", "mean_accuracy", "mean_iou"}
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, m.trainable_weights[-2:]))
