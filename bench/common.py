@@ -1,0 +1,44 @@
+"""Helpers shared by the benchmark scripts: data to measure on, machine facts, JSON output."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import tensorflow as tf
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "tensorflow": tf.__version__,
+            "python": platform.python_version()}
+
+
+def bench_voc_root(data_dir: str | Path, num_train: int, num_val: int = 20) -> Path:
+    """A synthetic VOC tree at VOC-like sizes (200-500 px) to measure on."""
+    import download_data
+
+    return download_data.ensure_synthetic(data_dir, num_train, num_val, seed=0, progress=False)
+
+
+def emit(result: dict, out: str | None = None) -> None:
+    """Print the result as JSON (and write it to `out` if given)."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
