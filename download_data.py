@@ -252,6 +252,16 @@ def ensure_synthetic(data_dir: str | Path = "data", num_train: int = 200, num_va
     return root
 
 
+def dataset_root(dataset: str, data_dir: str | Path = "data", num_train: int = 200, num_val: int = 100,
+                 progress: bool = True) -> Path:
+    """The VOC2012 folder of `dataset` ("voc" or "synthetic"), downloading or generating it if needed."""
+    if dataset == "synthetic":
+        return ensure_synthetic(data_dir, num_train, num_val, seed=0, progress=progress)
+    if dataset == "voc":
+        return ensure_voc(data_dir, progress=progress)
+    raise ValueError(f"unknown dataset {dataset!r}: expected 'voc' or 'synthetic'")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="data", help="where archives and extracted trees go")

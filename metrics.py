@@ -26,6 +26,15 @@ def confusion_matrix_update(y_true, y_pred_logits, num_classes: int):
     return ops.reshape(counts[: num_classes * num_classes], (num_classes, num_classes))
 
 
+def confusion_from_masks(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """(C, C) int64 counts from label and predicted masks of the same shape, in NumPy."""
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    predictions = np.asarray(predictions).reshape(-1).astype(np.int64)
+    valid = (labels >= 0) & (labels < num_classes)
+    counts = np.bincount(labels[valid] * num_classes + predictions[valid], minlength=num_classes ** 2)
+    return counts.reshape(num_classes, num_classes)
+
+
 def scores_from_confusion(cm: np.ndarray) -> dict:
     """Every score from a (C, C) confusion matrix, in NumPy, for reports.
 

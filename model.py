@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from voc import NUM_CLASSES
@@ -59,8 +60,10 @@ class ResizeLike(layers.Layer):
     """
 
     def call(self, x, reference):
-        size = ops.shape(reference)[1:3]
-        return ops.image.resize(x, size, interpolation="bilinear")
+        # keras.ops.image.resize insists on a Python-int size (it compares it with 0), which a
+        # graph traced for unknown H and W cannot give; TensorFlow's resize takes a tensor.
+        size = tf.shape(reference)[1:3]
+        return tf.image.resize(x, size, method="bilinear")
 
     def compute_output_shape(self, x_shape, reference_shape):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
@@ -206,9 +209,16 @@ def copy_backbone_weights(model: keras.Model, source: keras.Model) -> list[str]:
     return copied
 
 
+def _all_layers(model: keras.Model):
+    """Every layer of the model, including those nested inside ASPP."""
+    for layer in model.layers:
+        yield layer
+        yield from (sub for sub in layer._flatten_layers(include_self=False))
+
+
 def build_deeplabv3(input_shape=(384, 384, 3), num_classes: int = NUM_CLASSES, backbone_weights="imagenet",
                     output_stride: int = 16, backbone: str = "resnet50", multi_grid=None,
-                    aspp_filters: int = 256, dropout: float = 0.1) -> keras.Model:
+                    aspp_filters: int = 256, dropout: float = 0.1, bn_momentum: float | None = None) -> keras.Model:
     """DeepLab v3 mapping (B, H, W, 3) RGB in [0, 255] to logits (B, H, W, num_classes).
 
     Args:
@@ -218,6 +228,9 @@ def build_deeplabv3(input_shape=(384, 384, 3), num_classes: int = NUM_CLASSES, b
         output_stride: 16 (conv5 at rate 2, ASPP 6/12/18) or 8 (conv4 at 2, conv5 at 4, ASPP 12/24/36).
         backbone: "resnet50" or "mobilenetv2" (lighter, for on-board inference).
         multi_grid: conv5's per-block rate multipliers, e.g. (1, 2, 4); None means (1, 1, 1).
+        bn_momentum: if given, the moving-average momentum of every batch norm. Keras's
+            MobileNetV2 uses 0.999, which leaves the inference statistics near their
+            initial values for the first thousands of steps: set 0.9 for short runs from scratch.
     """
     if output_stride not in ATROUS:
         raise ValueError(f"output_stride must be 16 or 8, got {output_stride}")
@@ -238,6 +251,10 @@ def build_deeplabv3(input_shape=(384, 384, 3), num_classes: int = NUM_CLASSES, b
     # float32 logits even under a mixed-precision policy, so the loss sees full precision.
     logits = ResizeLike(name="logits", dtype="float32")(logits, images)  # (B, H, W, classes)
     model = keras.Model(images, logits, name=f"deeplabv3_{backbone}_os{output_stride}")
+    if bn_momentum is not None:
+        for layer in _all_layers(model):
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = bn_momentum
     if backbone == "resnet50" and backbone_weights is not None:
         copy_backbone_weights(model, source)
     return model

@@ -1,0 +1,197 @@
+"""train.py, evaluate.py and predict.py end to end on tiny synthetic data (64 px, no pretrained weights)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import download_data
+import evaluate
+import metrics
+import pipeline
+import predict
+import train
+import voc
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--dataset", "synthetic", "--num-train", "12", "--num-val", "8", "--input-size", "64",
+        "--resize-before-crop", "80", "--batch-size", "4", "--backbone", "mobilenetv2", "--backbone-weights",
+        "none", "--aspp-filters", "16", "--bn-momentum", "0.9", "--lr", "1e-3", "--verbose", "0"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    download_data.ensure_synthetic(d, 12, 8, progress=False)
+    return d
+
+
+def _argv(data_dir, run_dir, *extra):
+    return ["--data-dir", str(data_dir), "--run-dir", str(run_dir), *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    result = train.main(train.parse_args(_argv(data_dir, run_dir, "--epochs", "2", "--steps-per-epoch", "3")))
+    return run_dir, result
+
+
+def test_train_writes_config_log_and_checkpoints(trained):
+    run_dir, result = trained
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["input_size"] == 64 and config["backbone"] == "mobilenetv2" and config["epochs"] == 2
+    log = (run_dir / "log.csv").read_text().splitlines()
+    header = log[0].split(",")
+    assert len(log) == 3 and header[0] == "epoch"
+    for column in ("loss", "mean_iou", "val_loss", "val_pixel_accuracy", "val_mean_accuracy", "val_mean_iou",
+                   "learning_rate"):
+        assert column in header
+    assert (run_dir / "best.keras").is_file() and (run_dir / "state" / "last.keras").is_file()
+    assert any((run_dir / "tensorboard").rglob("*tfevents*"))
+    state = json.loads((run_dir / "state" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["best"] == max(r["val_mean_iou"] for r in result["history"])
+    assert not list(run_dir.rglob(".tmp-*"))
+    best = keras.models.load_model(run_dir / "best.keras", safe_mode=True)
+    assert tuple(best(np.zeros((1, 70, 50, 3), "float32")).shape) == (1, 70, 50, voc.NUM_CLASSES)
+
+
+def test_finished_run_is_not_trained_again(trained, data_dir, capsys):
+    run_dir, _ = trained
+    result = train.main(train.parse_args(_argv(data_dir, run_dir, "--epochs", "2", "--steps-per-epoch", "3")))
+    assert "already finished" in capsys.readouterr().out and result["initial_epoch"] == 2
+
+
+def test_changed_settings_refuse_to_resume(trained, data_dir):
+    run_dir, _ = trained
+    with pytest.raises(SystemExit, match="input_size"):
+        train.main(train.parse_args(_argv(data_dir, run_dir, "--epochs", "3", "--input-size", "96")))
+
+
+def test_demo_defaults_and_explicit_flags():
+    config = train.resolve_config(train.parse_args(["--demo", "--epochs", "3"]))
+    assert config["dataset"] == "synthetic" and config["backbone"] == "mobilenetv2" and config["epochs"] == 3
+    full = train.resolve_config(train.parse_args([]))
+    assert (full["dataset"], full["input_size"], full["resize_before_crop"], full["epochs"], full["lr"],
+            full["backbone_weights"], full["loss"]) == ("voc", 384, 444, 25, 1e-4, "imagenet", "ce_dice")
+
+
+def test_predict_writes_masks_the_size_of_each_input(trained, tmp_path):
+    run_dir, _ = trained
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.new("RGB", (53, 41), (200, 10, 10)).save(inputs / "a.jpg")
+    Image.new("L", (30, 65), 90).save(inputs / "gray.png")
+    (inputs / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="broken.jpg"):
+        predict.main(predict.parse_args(["--model", str(run_dir / "best.keras"), str(inputs), "--out", str(out)]))
+    for stem, size in (("a", (53, 41)), ("gray", (30, 65))):
+        with Image.open(out / f"{stem}_mask.png") as mask:
+            assert mask.mode == "P" and mask.size == size
+        assert Image.open(out / f"{stem}_overlay.jpg").size == size
+    assert not (out / "broken_mask.png").exists()
+
+
+def test_evaluate_agrees_with_numpy_on_predict_masks(trained, data_dir, tmp_path):
+    run_dir, _ = trained
+    report = evaluate.main(evaluate.parse_args(["--run-dir", str(run_dir), "--out-dir", str(tmp_path / "ev"),
+                                                "--num-figures", "2"]))
+    ev = tmp_path / "ev"
+    saved = json.loads((ev / "metrics.json").read_text())
+    for name in ("metrics.json", "per_class_iou.md", "confusion_matrix.png", "predictions.png", "training_curves.png"):
+        assert (ev / name).is_file(), name
+    assert saved["num_images"] == 4 and set(saved["per_class_iou"]) == set(voc.CLASS_NAMES)
+    # Recompute from predict.py's masks of the test images, at their own resolution.
+    root = download_data.synthetic_root(data_dir)
+    jpg_dir, seg_dir, sets = pipeline.voc_dirs(root)
+    test_ids = pipeline.split_ids(sets, "test")
+    predict.main(predict.parse_args(["--model", str(run_dir / "best.keras"), "--out", str(tmp_path / "pm"),
+                                     *[str(jpg_dir / f"{i}.jpg") for i in test_ids]]))
+    cm = sum(metrics.confusion_from_masks(voc.load_mask(seg_dir / f"{i}.png"),
+                                          voc.load_mask(tmp_path / "pm" / f"{i}_mask.png")) for i in test_ids)
+    np.testing.assert_array_equal(np.asarray(saved["confusion_matrix"]), cm)
+    valid = cm.sum(1) > 0
+    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
+    assert saved["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert saved["mean_accuracy"] == pytest.approx(np.mean(np.diag(cm)[valid] / cm.sum(1)[valid]))
+    assert saved["mean_iou"] == pytest.approx(np.mean(np.diag(cm)[union > 0] / union[union > 0]))
+    assert report["mean_iou"] == saved["mean_iou"]
+
+
+def test_evaluate_input_resolution_with_tta(trained, tmp_path):
+    run_dir, _ = trained
+    report = evaluate.main(evaluate.parse_args(["--run-dir", str(run_dir), "--out-dir", str(tmp_path),
+                                                "--resolution", "input", "--tta", "flip", "--scales", "0.75,1"]))
+    assert report["resolution"] == "input" and report["num_images"] == 4 and 0 <= report["mean_iou"] <= 1
+
+
+def test_nan_loss_stops_with_error_and_keeps_last_good_state(data_dir, tmp_path, monkeypatch):
+    real = train.datasets
+
+    def poisoned(config, voc_root):
+        train_ds, val_ds, steps = real(config, voc_root)
+        # From the second epoch on, every image is NaN.
+        bad = train_ds.enumerate().map(lambda i, ex: (tf.where(i >= steps, float("nan"), ex[0]), ex[1]))
+        return bad, val_ds, steps
+
+    monkeypatch.setattr(train, "datasets", poisoned)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(train.parse_args(_argv(data_dir, run_dir, "--epochs", "3", "--steps-per-epoch", "2")))
+    assert exit_info.value.code not in (0, None) and "non-finite" in str(exit_info.value.code)
+    state = json.loads((run_dir / "state" / "state.json").read_text())
+    assert state["epoch"] == 0 and len(state["history"]) == 1
+    model = keras.models.load_model(run_dir / "state" / "last.keras", safe_mode=True)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def _env():
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def test_killed_run_resumes_without_repeating_an_epoch(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "train.py", *_argv(data_dir, run_dir, "--epochs", "3", "--steps-per-epoch", "25")]
+    state_path = run_dir / "state" / "state.json"
+    proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not state_path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = json.loads(state_path.read_text())
+    assert first["epoch"] == 0, "the run was not killed during its second epoch; lengthen the epochs"
+    second = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming" in second.stdout and "after epoch 1" in second.stdout
+    state = json.loads(state_path.read_text())
+    assert [r["epoch"] for r in state["history"]] == [1, 2, 3]
+    assert state["history"][0] == first["history"][0]  # the first epoch was not run again
+    rows = (run_dir / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+
+
+def test_mirrored_strategy_over_two_logical_cpus(data_dir, tmp_path):
+    code = f"""
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {str(ROOT)!r})
+import train
+argv = {_argv(data_dir, tmp_path / "run", "--epochs", "1", "--steps-per-epoch", "2", "--strategy", "mirrored")!r}
+result = train.main(train.parse_args(argv))
+print("history", len(result["history"]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MirroredStrategy over 2 replica(s)" in done.stdout and "history 1" in done.stdout
