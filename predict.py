@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a .keras model from train.py")
+    p.add_argument("--model", required=True, help="a .keras model from train.py, or a .tflite / SavedModel from export.py")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")

@@ -21,6 +21,8 @@ import predict
 import train
 import voc
 
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--num-train", "12", "--num-val", "8", "--input-size", "64",
         "--resize-before-crop", "80", "--batch-size", "4", "--backbone", "mobilenetv2", "--backbone-weights",
@@ -160,7 +162,7 @@ def _env():
 
 def test_killed_run_resumes_without_repeating_an_epoch(data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "train.py", *_argv(data_dir, run_dir, "--epochs", "3", "--steps-per-epoch", "25")]
+    argv = [sys.executable, "train.py", *_argv(data_dir, run_dir, "--epochs", "3", "--steps-per-epoch", "12")]
     state_path = run_dir / "state" / "state.json"
     proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -195,3 +197,22 @@ print("history", len(result["history"]))
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "MirroredStrategy over 2 replica(s)" in done.stdout and "history 1" in done.stdout
+
+
+def test_export_tflite_and_savedmodel_match_keras_and_predict_reads_tflite(trained, data_dir, tmp_path):
+    import export
+
+    run_dir, _ = trained
+    out = tmp_path / "export"
+    report = export.main(export.parse_args(["--model", str(run_dir / "best.keras"), "--out-dir", str(out),
+                                            "--size", "64", "--dataset", "synthetic", "--data-dir", str(data_dir),
+                                            "--parity-images", "3", "--formats", "savedmodel,float32,float16"]))
+    for kind in ("float32", "float16"):
+        assert (out / f"model_{kind}.tflite").is_file()
+    assert report["argmax_agreement"]["float32"] >= 0.999 and report["argmax_agreement"]["float16"] >= 0.999
+    assert report["argmax_agreement"]["savedmodel"] >= 0.999
+    image = tmp_path / "x.jpg"
+    Image.new("RGB", (90, 70), (20, 200, 20)).save(image)
+    predict.main(predict.parse_args(["--model", str(out / "model_float32.tflite"), str(image),
+                                     "--out", str(tmp_path / "p")]))
+    assert Image.open(tmp_path / "p" / "x_mask.png").size == (90, 70)
