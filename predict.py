@@ -52,12 +52,11 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
     return np.clip(blended, 0, 255).astype(np.uint8)
 
 
-def main(args) -> list[Path]:
-    predictor = prediction.Predictor(prediction.load_model(args.model), flip=args.tta == "flip",
-                                     scales=[float(s) for s in args.scales.split(",")])
-    out = Path(args.out)
+def predict_files(predictor: prediction.Predictor, files: list[Path], out: Path,
+                  alpha: float = 0.5) -> tuple[list[Path], list[Path]]:
+    """Segment each file, writing its mask and overlay to `out`; returns (written masks, failed inputs)."""
     out.mkdir(parents=True, exist_ok=True)
-    files, failed, written = collect(args.inputs), [], []
+    written, failed = [], []
     for path in tqdm(files, desc="predict", unit="img"):
         try:
             image = prediction.read_image(path)
@@ -67,9 +66,17 @@ def main(args) -> list[Path]:
             continue
         mask = predictor.masks(image[None])[0]  # (H, W) at the image's own size
         save_mask(mask, out / f"{path.stem}_mask.png")
-        Image.fromarray(overlay(image, mask, args.alpha)).save(out / f"{path.stem}_overlay.jpg", quality=90)
+        Image.fromarray(overlay(image, mask, alpha)).save(out / f"{path.stem}_overlay.jpg", quality=90)
         written.append(out / f"{path.stem}_mask.png")
-    print(f"wrote {len(written)} mask(s) and overlay(s) to {out}")
+    return written, failed
+
+
+def main(args) -> list[Path]:
+    predictor = prediction.Predictor(prediction.load_model(args.model), flip=args.tta == "flip",
+                                     scales=[float(s) for s in args.scales.split(",")])
+    files = collect(args.inputs)
+    written, failed = predict_files(predictor, files, Path(args.out), args.alpha)
+    print(f"wrote {len(written)} mask(s) and overlay(s) to {args.out}")
     if failed:
         raise SystemExit(f"error: {len(failed)} of {len(files)} image(s) could not be read: "
                          + ", ".join(map(str, failed)))

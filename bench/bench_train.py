@@ -1,0 +1,103 @@
+"""Training throughput of build_deeplabv3 against this machine's measured matmul peak.
+
+    python bench/bench_train.py [--sizes 384,256] [--batch-size 4] [--steps 4]
+
+In one run: the dense matmul peak in float32 and bfloat16 (FLOP/s), and for each size the
+training images/s of DeepLab v3 (float32, and bfloat16 mixed precision), its forward FLOPs
+per image, training FLOPs (3x forward) per second and the fraction of the matmul peak; plus
+the chapter's model as written (bench/chapter_model.py) at the same size and batch.
+Random inputs; the pipeline is measured separately (bench_pipeline.py).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import emit, machine
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import losses
+import metrics
+from chapter_model import build_chapter_deeplabv3
+from flops import forward_flops
+from model import build_deeplabv3
+
+
+def matmul_peak(dtype: str, n: int = 4096, repeats: int = 6) -> float:
+    """FLOP/s of an n x n matmul chain, the best of `repeats` timed runs."""
+    a = tf.random.normal((n, n), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    step = tf.function(lambda x: tf.matmul(x, x))
+    step(a).numpy()
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step(a).numpy()
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+    return best
+
+
+def train_rate(model: keras.Model, size: int, batch: int, steps: int) -> float:
+    """Training images/s of a compiled-here model on random data, after two warm-up steps."""
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=losses.ce_dice_loss_from_logits(),
+                  metrics=metrics.segmentation_metrics())
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
+    y = rng.integers(0, 21, (batch, size, size)).astype("int32")
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="384,256", help="comma-separated square input sizes")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4, help="timed training steps per configuration")
+    p.add_argument("--no-bf16", action="store_true", help="skip the mixed-precision runs")
+    p.add_argument("--no-chapter", action="store_true", help="skip the chapter baseline")
+    p.add_argument("--out", help="also write the JSON here")
+    return p.parse_args(argv)
+
+
+def main(args):
+    peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
+    result = {"benchmark": "training throughput", "machine": machine(), "batch_size": args.batch_size,
+              "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+              "bf16_over_fp32_peak": round(peaks["bfloat16"] / peaks["float32"], 2), "runs": []}
+    for size in (int(s) for s in args.sizes.split(",")):
+        configs = [("deeplabv3", "float32")] + ([] if args.no_bf16 else [("deeplabv3", "mixed_bfloat16")])
+        configs += [] if args.no_chapter else [("chapter", "float32")]
+        for name, policy in configs:
+            keras.mixed_precision.set_global_policy(policy)
+            keras.backend.clear_session()
+            model = (build_deeplabv3((size, size, 3), backbone_weights=None) if name == "deeplabv3"
+                     else build_chapter_deeplabv3((size, size, 3)))
+            flops = forward_flops(model)
+            rate = train_rate(model, size, args.batch_size, args.steps)
+            achieved = 3 * flops * rate
+            peak = peaks["bfloat16" if "bfloat16" in policy else "float32"]
+            run = {"model": name, "size": size, "precision": policy, "images_per_s": round(rate, 3),
+                   "forward_gflops_per_image": round(flops / 1e9, 2), "achieved_gflops": round(achieved / 1e9, 1),
+                   "fraction_of_matmul_peak": round(achieved / peak, 3),
+                   "fraction_of_fp32_peak": round(achieved / peaks["float32"], 3)}
+            print(run, flush=True)
+            result["runs"].append(run)
+    keras.mixed_precision.set_global_policy("float32")
+    by = {(r["model"], r["size"], r["precision"]): r["images_per_s"] for r in result["runs"]}
+    result["ratios"] = {
+        f"{size}px": {k: round(v, 2) for k, v in {
+            "bf16_over_fp32": by.get(("deeplabv3", size, "mixed_bfloat16"), 0) / by[("deeplabv3", size, "float32")],
+            "product_over_chapter": by[("deeplabv3", size, "float32")] / by.get(("chapter", size, "float32"), np.nan),
+        }.items()} for size in {r["size"] for r in result["runs"]}}
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main(parse_args())
