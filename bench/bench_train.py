@@ -6,11 +6,16 @@ In one run: the dense matmul peak in float32 and bfloat16 (FLOP/s), and for each
 training images/s of DeepLab v3 (float32, and bfloat16 mixed precision), its forward FLOPs
 per image, training FLOPs (3x forward) per second and the fraction of the matmul peak; plus
 the chapter's model as written (bench/chapter_model.py) at the same size and batch.
-Random inputs; the pipeline is measured separately (bench_pipeline.py).
+Random inputs; the pipeline is measured separately (bench_pipeline.py). Each configuration
+runs in a fresh process: measured one after another in one process, the second model here
+trained up to 30% slower than it does alone.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 
 from common import emit, machine
@@ -63,10 +68,23 @@ def parse_args(argv=None):
     p.add_argument("--no-bf16", action="store_true", help="skip the mixed-precision runs")
     p.add_argument("--no-chapter", action="store_true", help="skip the chapter baseline")
     p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--child", nargs=3, metavar=("MODEL", "POLICY", "SIZE"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
+def measure(name: str, policy: str, size: int, batch: int, steps: int) -> dict:
+    """Images/s and forward FLOPs of one configuration (run in its own process)."""
+    keras.mixed_precision.set_global_policy(policy)
+    model = (build_deeplabv3((size, size, 3), backbone_weights=None) if name == "deeplabv3"
+             else build_chapter_deeplabv3((size, size, 3)))
+    return {"images_per_s": train_rate(model, size, batch, steps), "forward_flops": forward_flops(model)}
+
+
 def main(args):
+    if args.child:
+        name, policy, size = args.child
+        print(json.dumps(measure(name, policy, int(size), args.batch_size, args.steps)))
+        return
     peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
     result = {"benchmark": "training throughput", "machine": machine(), "batch_size": args.batch_size,
               "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
@@ -75,12 +93,11 @@ def main(args):
         configs = [("deeplabv3", "float32")] + ([] if args.no_bf16 else [("deeplabv3", "mixed_bfloat16")])
         configs += [] if args.no_chapter else [("chapter", "float32")]
         for name, policy in configs:
-            keras.mixed_precision.set_global_policy(policy)
-            keras.backend.clear_session()
-            model = (build_deeplabv3((size, size, 3), backbone_weights=None) if name == "deeplabv3"
-                     else build_chapter_deeplabv3((size, size, 3)))
-            flops = forward_flops(model)
-            rate = train_rate(model, size, args.batch_size, args.steps)
+            done = subprocess.run([sys.executable, __file__, "--child", name, policy, str(size), "--batch-size",
+                                   str(args.batch_size), "--steps", str(args.steps)],
+                                  capture_output=True, text=True, check=True)
+            measured = json.loads(done.stdout.strip().splitlines()[-1])
+            rate, flops = measured["images_per_s"], measured["forward_flops"]
             achieved = 3 * flops * rate
             peak = peaks["bfloat16" if "bfloat16" in policy else "float32"]
             run = {"model": name, "size": size, "precision": policy, "images_per_s": round(rate, 3),
@@ -89,7 +106,6 @@ def main(args):
                    "fraction_of_fp32_peak": round(achieved / peaks["float32"], 3)}
             print(run, flush=True)
             result["runs"].append(run)
-    keras.mixed_precision.set_global_policy("float32")
     by = {(r["model"], r["size"], r["precision"]): r["images_per_s"] for r in result["runs"]}
     result["ratios"] = {
         f"{size}px": {k: round(v, 2) for k, v in {

@@ -1,0 +1,88 @@
+"""How training cost grows: time per training image against input size, peak memory against batch.
+
+    python bench/bench_scaling.py [--sizes 128,192,256,384,512] [--batches 1,2,4,8]
+
+Time per training image (batch 2, float32) at each size, and the exponent k of a fit
+time ~ size^k (k = 2 means cost proportional to pixels). Peak resident memory of a training
+step at 256 px for each batch size, each measured in a fresh process (ru_maxrss), and its
+growth per image. Prints JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import emit, machine
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _step_time(size: int, batch: int, steps: int) -> float:
+    """Seconds per training step, after two warm-up steps."""
+    import keras
+
+    import losses
+    from model import build_deeplabv3
+
+    keras.backend.clear_session()
+    model = build_deeplabv3((size, size, 3), backbone_weights=None)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=losses.ce_dice_loss_from_logits())
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
+    y = rng.integers(0, 21, (batch, size, size)).astype("int32")
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    return (time.perf_counter() - start) / steps
+
+
+def _peak_memory_child(size: int, batch: int) -> None:
+    """Run in a fresh process: one warm-up and one timed step, then print peak RSS in MiB."""
+    import resource
+
+    _step_time(size, batch, 1)
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="128,192,256,384,512")
+    p.add_argument("--batches", default="1,2,4,8")
+    p.add_argument("--memory-size", type=int, default=256, help="input size of the memory runs")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--child", nargs=2, type=int, metavar=("SIZE", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument("--out", help="also write the JSON here")
+    return p.parse_args(argv)
+
+
+def main(args):
+    if args.child:
+        _peak_memory_child(*args.child)
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    per_image = {s: _step_time(s, 2, args.steps) / 2 for s in sizes}
+    k = float(np.polyfit(np.log(sizes), np.log([per_image[s] for s in sizes]), 1)[0])
+    memory = {}
+    for batch in (int(b) for b in args.batches.split(",")):
+        done = subprocess.run([sys.executable, __file__, "--child", str(args.memory_size), str(batch)],
+                              capture_output=True, text=True, check=True)
+        memory[batch] = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    batches = sorted(memory)
+    slope = float(np.polyfit(batches, [memory[b] for b in batches], 1)[0])
+    emit({"benchmark": "scaling", "machine": machine(),
+          "seconds_per_training_image_batch2": {str(s): round(t, 3) for s, t in per_image.items()},
+          "time_exponent_in_size": round(k, 2),
+          f"peak_rss_mib_at_{args.memory_size}px": {str(b): round(m) for b, m in memory.items()},
+          "peak_rss_mib_per_extra_image": round(slope, 1)}, args.out)
+
+
+if __name__ == "__main__":
+    main(parse_args())
