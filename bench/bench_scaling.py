@@ -5,7 +5,7 @@
 Time per training image (batch 2, float32) at each size, and the exponent k of a fit
 time ~ size^k (k = 2 means cost proportional to pixels). Peak resident memory of a training
 step at 256 px for each batch size, each measured in a fresh process (ru_maxrss), and its
-growth per image. Prints JSON.
+growth per image (VmHWM, Linux only). Prints JSON.
 """
 from __future__ import annotations
 
@@ -45,11 +45,15 @@ def _step_time(size: int, batch: int, steps: int) -> float:
 
 
 def _peak_memory_child(size: int, batch: int) -> None:
-    """Run in a fresh process: one warm-up and one timed step, then print peak RSS in MiB."""
-    import resource
+    """Run in a fresh process: one warm-up and one timed step, then print peak RSS in MiB.
 
+    Reads VmHWM: Linux carries ru_maxrss across exec, so a child of a large parent would
+    report the parent's peak.
+    """
     _step_time(size, batch, 1)
-    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            print(json.dumps({"peak_rss_mib": int(line.split()[1]) / 1024}))
 
 
 def parse_args(argv=None):
