@@ -2,7 +2,7 @@
 
     python bench/bench_scaling.py [--sizes 128,192,256,384,512] [--batches 1,2,4,8]
 
-Time per training image (batch 2, float32) at each size, and the exponent k of a fit
+Time per training image (batch 2, float32, the same step as bench_train.py) at each size, and the exponent k of a fit
 time ~ size^k (k = 2 means cost proportional to pixels). Peak resident memory of a training
 step at 256 px for each batch size, each measured in a fresh process (ru_maxrss), and its
 growth per image (VmHWM, Linux only). Prints JSON.
@@ -13,7 +13,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from common import emit, machine
@@ -23,37 +22,24 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def _step_time(size: int, batch: int, steps: int) -> float:
-    """Seconds per training step, after two warm-up steps."""
-    import keras
+def _child(size: int, batch: int, steps: int) -> None:
+    """In a fresh process: seconds per training image and peak resident memory, as JSON.
 
-    import losses
+    Peak memory is VmHWM: Linux carries ru_maxrss across exec, so a child of a large parent
+    would report the parent's peak.
+    """
+    from bench_train import train_rate
     from model import build_deeplabv3
 
-    keras.backend.clear_session()
-    model = build_deeplabv3((size, size, 3), backbone_weights=None)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=losses.ce_dice_loss_from_logits())
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
-    y = rng.integers(0, 21, (batch, size, size)).astype("int32")
-    for _ in range(2):
-        model.train_on_batch(x, y)
-    start = time.perf_counter()
-    for _ in range(steps):
-        model.train_on_batch(x, y)
-    return (time.perf_counter() - start) / steps
+    rate = train_rate(build_deeplabv3((size, size, 3), backbone_weights=None), size, batch, steps)
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    print(json.dumps({"seconds_per_image": 1 / rate, "peak_rss_mib": int(hwm.split()[1]) / 1024}))
 
 
-def _peak_memory_child(size: int, batch: int) -> None:
-    """Run in a fresh process: one warm-up and one timed step, then print peak RSS in MiB.
-
-    Reads VmHWM: Linux carries ru_maxrss across exec, so a child of a large parent would
-    report the parent's peak.
-    """
-    _step_time(size, batch, 1)
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            print(json.dumps({"peak_rss_mib": int(line.split()[1]) / 1024}))
+def _run_child(size: int, batch: int, steps: int) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", str(size), str(batch), "--steps", str(steps)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def parse_args(argv=None):
@@ -69,17 +55,15 @@ def parse_args(argv=None):
 
 def main(args):
     if args.child:
-        _peak_memory_child(*args.child)
+        _child(*args.child, args.steps)
         return
+    # Every measurement in its own process: one after another in one process, later models
+    # ran slower here.
     sizes = [int(s) for s in args.sizes.split(",")]
-    per_image = {s: _step_time(s, 2, args.steps) / 2 for s in sizes}
+    per_image = {s: _run_child(s, 2, args.steps)["seconds_per_image"] for s in sizes}
     k = float(np.polyfit(np.log(sizes), np.log([per_image[s] for s in sizes]), 1)[0])
-    memory = {}
-    for batch in (int(b) for b in args.batches.split(",")):
-        done = subprocess.run([sys.executable, __file__, "--child", str(args.memory_size), str(batch)],
-                              capture_output=True, text=True, check=True)
-        memory[batch] = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mib"]
-    batches = sorted(memory)
+    batches = [int(b) for b in args.batches.split(",")]
+    memory = {b: _run_child(args.memory_size, b, 1)["peak_rss_mib"] for b in batches}
     slope = float(np.polyfit(batches, [memory[b] for b in batches], 1)[0])
     emit({"benchmark": "scaling", "machine": machine(),
           "seconds_per_training_image_batch2": {str(s): round(t, 3) for s, t in per_image.items()},
