@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import tensorflow as tf
 import download_data
 import pipeline
 import prediction
+import training
 
 TFLITE_KINDS = ("float32", "float16", "int8")
 PARITY_FLOOR = 0.999  # float32 and float16
@@ -49,8 +51,19 @@ def tflite_bytes(model, size: int, kind: str) -> bytes:
 
 
 def export_saved_model(model, path: Path) -> None:
-    """A TensorFlow SavedModel whose serving signature takes any image size."""
-    model.export(str(path), format="tf_saved_model", verbose=False)
+    """A TensorFlow SavedModel whose serving signature takes any image size.
+
+    Written into a temporary sibling folder and renamed into place when complete.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.export(str(tmp), format="tf_saved_model", verbose=False)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def parity(reference: prediction.Predictor, candidate: prediction.Predictor, images: list[np.ndarray]) -> float:
@@ -91,9 +104,7 @@ def main(args) -> dict:
         report["files"]["savedmodel"] = str(out / "saved_model")
     for kind in (k for k in TFLITE_KINDS if k in formats):
         path = out / f"model_{kind}.tflite"
-        tmp = path.with_name(f".tmp-{path.name}")
-        tmp.write_bytes(tflite_bytes(model, args.size, kind))
-        os.replace(tmp, path)
+        training.atomic_write_bytes(path, tflite_bytes(model, args.size, kind))
         report["files"][kind] = str(path)
         report[f"{kind}_megabytes"] = round(path.stat().st_size / 2 ** 20, 2)
 

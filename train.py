@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import keras
@@ -164,4 +163,3 @@ def main(args) -> dict:
 
 if __name__ == "__main__":
     main(parse_args())
-    sys.exit(0)

@@ -28,20 +28,25 @@ STATE_DIR = "state"
 MONITOR = "val_mean_iou"
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same directory and an atomic rename."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same directory and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_save_model(model: keras.Model, path: str | Path) -> None:
@@ -98,9 +103,9 @@ class RunState(keras.callbacks.Callback):
     """Checkpoints, logs and resumes a run; stops on a non-finite loss without saving it.
 
     At the end of each finished epoch, in this order: best.keras if `val_mean_iou` improved,
-    state/last.keras, state/state.json (the commit point), log.csv. On resume `restore`
-    puts back the epoch, history, best score, learning rate and the counters of the
-    ReduceLROnPlateau and EarlyStopping callbacks it is given.
+    state/last.keras, state/state.json (the commit point), log.csv. To resume, `load` reads
+    the saved state (epoch, history, best score) and `on_train_begin` puts back the learning
+    rate and the counters of the ReduceLROnPlateau and EarlyStopping callbacks it is given.
     """
 
     def __init__(self, run_dir: str | Path, reduce_lr: keras.callbacks.ReduceLROnPlateau,
