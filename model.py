@@ -81,6 +81,26 @@ class FusedBatchNormalization(layers.BatchNormalization):
 
 
 @keras.saving.register_keras_serializable(package="deeplab")
+class DilatedConv2D(layers.Conv2D):
+    """A Conv2D whose dilated (atrous) case runs as one native convolution.
+
+    For a dilation rate above 1, Keras calls `tf.nn.convolution`, which on CPU wraps the
+    convolution in SpaceToBatchND / BatchToSpaceND: each rate-r conv on an (h, w) map becomes
+    an ordinary conv on r*r zero-padded tiles of the map, most of whose taps hit padding.
+    `tf.nn.conv2d` with `dilations` reaches oneDNN's dilated kernel directly, gradients
+    included. Measured here on ASPP's three branches (24x24x2048 -> 256, batch 4, forward and
+    backward): 0.77 s against 3.46 s in float32, 0.42 s against 2.39 s in bfloat16. Same
+    weights, config and results (to float rounding) as Conv2D; only NHWC 2-D is supported.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if self.data_format != "channels_last" or max(self.dilation_rate) == 1:
+            return super().convolution_op(inputs, kernel)
+        return tf.nn.conv2d(inputs, kernel, strides=list(self.strides), padding=self.padding.upper(),
+                            dilations=list(self.dilation_rate))
+
+
+@keras.saving.register_keras_serializable(package="deeplab")
 class ResizeLike(layers.Layer):
     """Bilinearly resize `x` (B, h, w, C) to the spatial size of `reference` (B, H, W, ?).
 
@@ -113,7 +133,7 @@ class ASPP(layers.Layer):
         self.rates, self.filters, self.dropout = tuple(rates), filters, dropout
 
         def conv_bn(tag, kernel=1, rate=1):
-            conv = layers.Conv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=False,
+            conv = DilatedConv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=False,
                                  name=f"{tag}_conv")
             return conv, FusedBatchNormalization(name=f"{tag}_bn"), layers.ReLU(name=f"{tag}_relu")
 
@@ -170,7 +190,7 @@ def bottleneck(x, filters: int, name: str, dilation: int = 1, projection: bool =
     y = layers.Conv2D(filters, 1, name=f"{name}_1_conv")(x)
     y = FusedBatchNormalization(epsilon=BN_EPSILON, name=f"{name}_1_bn")(y)
     y = layers.Activation("relu", name=f"{name}_1_relu")(y)
-    y = layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv")(y)
+    y = DilatedConv2D(filters, 3, padding="same", dilation_rate=dilation, name=f"{name}_2_conv")(y)
     y = FusedBatchNormalization(epsilon=BN_EPSILON, name=f"{name}_2_bn")(y)
     y = layers.Activation("relu", name=f"{name}_2_relu")(y)
     y = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(y)

@@ -167,4 +167,34 @@ def test_fused_batch_norm_matches_keras_batch_norm():
 
 def test_every_batch_norm_is_fused(models):
     norms = [layer for layer in deeplab._all_layers(models[16]) if isinstance(layer, keras.layers.BatchNormalization)]
-    assert len(norms) == 53 + 6 and all  # ResNet-50, then ASPP: 4 branches, pooling, projection(isinstance(n, deeplab.FusedBatchNormalization) for n in norms)
+    assert len(norms) == 53 + 6  # ResNet-50, then ASPP: 4 branches, pooling, projection
+    assert all(isinstance(n, deeplab.FusedBatchNormalization) for n in norms)
+
+
+@pytest.mark.parametrize("rate", [2, 6])
+def test_dilated_conv_matches_keras_conv_with_gradients(rate):
+    rng = np.random.default_rng(rate)
+    x = tf.constant(rng.normal(size=(2, 9, 11, 5)).astype("float32"))
+    plain = keras.layers.Conv2D(4, 3, padding="same", dilation_rate=rate)
+    native = deeplab.DilatedConv2D(4, 3, padding="same", dilation_rate=rate)
+    plain.build(x.shape)
+    native.build(x.shape)
+    native.set_weights([rng.normal(size=w.shape).astype("float32") for w in plain.get_weights()])
+    plain.set_weights(native.get_weights())
+    results = []
+    for layer in (plain, native):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+    assert deeplab.DilatedConv2D.from_config(native.get_config()).get_config() == native.get_config()
+
+
+def test_every_dilated_conv_takes_the_native_kernel(models):
+    for m in models.values():
+        dilated = [layer for layer in deeplab._all_layers(m)
+                   if isinstance(layer, keras.layers.Conv2D) and max(layer.dilation_rate) > 1]
+        assert dilated and all(type(layer) is deeplab.DilatedConv2D for layer in dilated)
