@@ -20,9 +20,11 @@ def confusion_matrix_update(y_true, y_pred_logits, num_classes: int):
     pred = ops.reshape(ops.argmax(y_pred_logits, axis=-1), (-1,))
     pred = ops.cast(pred, "int32")
     valid = ops.logical_and(labels >= 0, labels < num_classes)
-    # Invalid pixels go to an overflow bin C*C that is dropped, keeping shapes static.
+    # Invalid pixels go to an overflow bin C*C that is dropped, keeping shapes static. A
+    # segment sum with a fixed number of segments, not bincount: bincount's output length
+    # depends on the data, which XLA (jit_compile) refuses to compile.
     index = ops.where(valid, labels * num_classes + pred, num_classes * num_classes)
-    counts = ops.bincount(index, minlength=num_classes * num_classes + 1)
+    counts = ops.segment_sum(ops.ones_like(index), index, num_segments=num_classes * num_classes + 1)
     return ops.reshape(counts[: num_classes * num_classes], (num_classes, num_classes))
 
 

@@ -57,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--aspp-filters", type=int, help="channels of each ASPP branch (default 256)")
     p.add_argument("--bn-momentum", type=float, help="batch-norm momentum (default: Keras's; 0.9 with --demo)")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
+    p.add_argument("--xla", action="store_true",
+                   help="compile the training step with XLA (jit_compile): for GPUs; 1.85x slower on the reference CPU")
     p.add_argument("--strategy", choices=("auto", "mirrored", "multiworker"), default="auto",
                    help="auto: all local GPUs if several; mirrored; multiworker (TF_CONFIG)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and augmentation")
@@ -97,7 +99,7 @@ def build_model(config: dict) -> keras.Model:
                             multi_grid=(1, 2, 4) if config["multi_grid"] else None,
                             aspp_filters=config["aspp_filters"], bn_momentum=config["bn_momentum"])
     model.compile(optimizer=keras.optimizers.Adam(config["lr"]), loss=losses.get_loss(config["loss"]),
-                  metrics=metrics.segmentation_metrics())
+                  metrics=metrics.segmentation_metrics(), jit_compile=config["xla"])
     return model
 
 
@@ -145,6 +147,7 @@ def main(args) -> dict:
 
     with strategy.scope():
         model = keras.models.load_model(state.last_path) if resumed else build_model(config)
+    model.jit_compile = config["xla"]  # not part of a saved model's compile config
     callbacks = [reduce_lr, early_stop, state, training.EpochSummary(config["epochs"])]
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False))

@@ -159,3 +159,13 @@ def test_scores_from_confusion_agrees_with_metrics():
     cm = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
     s = metrics.scores_from_confusion(cm)
     np.testing.assert_allclose([s["pixel_accuracy"], s["mean_accuracy"], s["mean_iou"]], _np_scores(cm))
+
+
+def test_confusion_matrix_compiles_with_xla():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, C, (2, 7, 9)).astype("int32")
+    labels[0, :2] = IGNORE_LABEL
+    logits = rng.normal(size=(2, 7, 9, C)).astype("float32")
+    compiled = tf.function(lambda y, p: metrics.confusion_matrix_update(y, p, C), jit_compile=True)
+    expected = metrics.confusion_from_masks(labels, logits.argmax(-1), C)
+    np.testing.assert_array_equal(compiled(labels, logits).numpy(), expected)

@@ -87,6 +87,12 @@ def test_demo_defaults_and_explicit_flags():
             full["backbone_weights"], full["loss"]) == ("voc", 384, 444, 25, 1e-4, "imagenet", "ce_dice")
 
 
+def test_xla_flag_reaches_the_compiled_model(data_dir, tmp_path):
+    config = train.resolve_config(train.parse_args(_argv(data_dir, tmp_path, "--xla")))
+    assert train.build_model(config).jit_compile is True
+    assert train.build_model({**config, "xla": False}).jit_compile is False
+
+
 def test_predict_writes_masks_the_size_of_each_input(trained, tmp_path):
     run_dir, _ = trained
     inputs = tmp_path / "in"
