@@ -3,9 +3,12 @@
     python bench/bench_train.py [--sizes 384,256] [--batch-size 4] [--steps 4]
 
 In one run: the dense matmul peak in float32 and bfloat16 (FLOP/s), and for each size the
-training images/s of DeepLab v3 (float32, and bfloat16 mixed precision), its forward FLOPs
-per image, training FLOPs (3x forward) per second and the fraction of the matmul peak; plus
-the chapter's model as written (bench/chapter_model.py) at the same size and batch.
+training images/s of DeepLab v3 (float32, bfloat16 mixed precision, and float32 compiled with
+XLA), its forward FLOPs per image, training FLOPs (3x forward) per second and the fraction of
+the matmul peak; plus the chapter's model as written (bench/chapter_model.py) at the same size
+and batch. FLOPs are counted two ways (bench/flops.py): every kernel tap (the usual convention,
+`fraction_of_matmul_peak`) and only taps that read real input rather than "same" padding
+(`fraction_in_bounds`, the stricter figure: ASPP's wide rates mostly read padding).
 Random inputs; the pipeline is measured separately (bench_pipeline.py). Each configuration
 runs in a fresh process: measured one after another in one process, the second model here
 trained up to 30% slower than it does alone.
@@ -45,10 +48,10 @@ def matmul_peak(dtype: str, n: int = 4096, repeats: int = 6) -> float:
     return best
 
 
-def train_rate(model: keras.Model, size: int, batch: int, steps: int) -> float:
+def train_rate(model: keras.Model, size: int, batch: int, steps: int, xla: bool = False) -> float:
     """Training images/s of a compiled-here model on random data, after two warm-up steps."""
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=losses.ce_dice_loss_from_logits(),
-                  metrics=metrics.segmentation_metrics())
+                  metrics=metrics.segmentation_metrics(), jit_compile=xla)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
     y = rng.integers(0, 21, (batch, size, size)).astype("int32")
@@ -67,51 +70,62 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=4, help="timed training steps per configuration")
     p.add_argument("--no-bf16", action="store_true", help="skip the mixed-precision runs")
     p.add_argument("--no-chapter", action="store_true", help="skip the chapter baseline")
+    p.add_argument("--xla-sizes", default="384", help="sizes to also measure with XLA (empty: none)")
     p.add_argument("--out", help="also write the JSON here")
-    p.add_argument("--child", nargs=3, metavar=("MODEL", "POLICY", "SIZE"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=4, metavar=("MODEL", "POLICY", "SIZE", "XLA"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def measure(name: str, policy: str, size: int, batch: int, steps: int) -> dict:
+def measure(name: str, policy: str, size: int, batch: int, steps: int, xla: bool) -> dict:
     """Images/s and forward FLOPs of one configuration (run in its own process)."""
     keras.mixed_precision.set_global_policy(policy)
     model = (build_deeplabv3((size, size, 3), backbone_weights=None) if name == "deeplabv3"
              else build_chapter_deeplabv3((size, size, 3)))
-    return {"images_per_s": train_rate(model, size, batch, steps), "forward_flops": forward_flops(model)}
+    return {"images_per_s": train_rate(model, size, batch, steps, xla), "forward_flops": forward_flops(model),
+            "forward_flops_in_bounds": forward_flops(model, in_bounds=True)}
 
 
 def main(args):
     if args.child:
-        name, policy, size = args.child
-        print(json.dumps(measure(name, policy, int(size), args.batch_size, args.steps)))
+        name, policy, size, xla = args.child
+        print(json.dumps(measure(name, policy, int(size), args.batch_size, args.steps, xla == "xla")))
         return
     peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
     result = {"benchmark": "training throughput", "machine": machine(), "batch_size": args.batch_size,
               "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
               "bf16_over_fp32_peak": round(peaks["bfloat16"] / peaks["float32"], 2), "runs": []}
+    xla_sizes = {int(s) for s in args.xla_sizes.split(",") if s}
     for size in (int(s) for s in args.sizes.split(",")):
-        configs = [("deeplabv3", "float32")] + ([] if args.no_bf16 else [("deeplabv3", "mixed_bfloat16")])
-        configs += [] if args.no_chapter else [("chapter", "float32")]
-        for name, policy in configs:
-            done = subprocess.run([sys.executable, __file__, "--child", name, policy, str(size), "--batch-size",
-                                   str(args.batch_size), "--steps", str(args.steps)],
+        configs = [("deeplabv3", "float32", "")] + ([] if args.no_bf16 else [("deeplabv3", "mixed_bfloat16", "")])
+        configs += [("deeplabv3", "float32", "xla")] if size in xla_sizes else []
+        configs += [] if args.no_chapter else [("chapter", "float32", "")]
+        for name, policy, xla in configs:
+            done = subprocess.run([sys.executable, __file__, "--child", name, policy, str(size), xla or "-",
+                                   "--batch-size", str(args.batch_size), "--steps", str(args.steps)],
                                   capture_output=True, text=True, check=True)
             measured = json.loads(done.stdout.strip().splitlines()[-1])
-            rate, flops = measured["images_per_s"], measured["forward_flops"]
+            rate, flops, inside = measured["images_per_s"], measured["forward_flops"], measured["forward_flops_in_bounds"]
             achieved = 3 * flops * rate
             peak = peaks["bfloat16" if "bfloat16" in policy else "float32"]
-            run = {"model": name, "size": size, "precision": policy, "images_per_s": round(rate, 3),
-                   "forward_gflops_per_image": round(flops / 1e9, 2), "achieved_gflops": round(achieved / 1e9, 1),
+            run = {"model": name, "size": size, "precision": policy, "xla": bool(xla),
+                   "images_per_s": round(rate, 3), "forward_gflops_per_image": round(flops / 1e9, 2),
+                   "forward_gflops_in_bounds": round(inside / 1e9, 2), "achieved_gflops": round(achieved / 1e9, 1),
                    "fraction_of_matmul_peak": round(achieved / peak, 3),
+                   "fraction_in_bounds": round(3 * inside * rate / peak, 3),
                    "fraction_of_fp32_peak": round(achieved / peaks["float32"], 3)}
             print(run, flush=True)
             result["runs"].append(run)
-    by = {(r["model"], r["size"], r["precision"]): r["images_per_s"] for r in result["runs"]}
-    result["ratios"] = {
-        f"{size}px": {k: round(v, 2) for k, v in {
-            "bf16_over_fp32": by.get(("deeplabv3", size, "mixed_bfloat16"), 0) / by[("deeplabv3", size, "float32")],
-            "product_over_chapter": by[("deeplabv3", size, "float32")] / by.get(("chapter", size, "float32"), np.nan),
-        }.items()} for size in {r["size"] for r in result["runs"]}}
+    by = {(r["model"], r["size"], r["precision"], r["xla"]): r["images_per_s"] for r in result["runs"]}
+    result["ratios"] = {}
+    for size in sorted({r["size"] for r in result["runs"]}, reverse=True):
+        fp32 = by[("deeplabv3", size, "float32", False)]
+        others = {"bf16_over_fp32": ("deeplabv3", size, "mixed_bfloat16", False),
+                  "xla_over_no_xla": ("deeplabv3", size, "float32", True),
+                  "product_over_chapter": ("chapter", size, "float32", False)}
+        # product_over_chapter is the other way round: the product's speed over the baseline's.
+        result["ratios"][f"{size}px"] = {
+            name: round(fp32 / by[key] if name == "product_over_chapter" else by[key] / fp32, 2)
+            for name, key in others.items() if key in by}
     emit(result, args.out)
 
 
