@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--bn-momentum", type=float, help="batch-norm momentum (default: Keras's; 0.9 with --demo)")
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
     p.add_argument("--xla", action="store_true",
-                   help="compile the training step with XLA (jit_compile): for GPUs; 1.85x slower on the reference CPU")
+                   help="compile the training step with XLA (jit_compile): for GPUs; 1.75x slower on the reference CPU")
     p.add_argument("--strategy", choices=("auto", "mirrored", "multiworker"), default="auto",
                    help="auto: all local GPUs if several; mirrored; multiworker (TF_CONFIG)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and augmentation")

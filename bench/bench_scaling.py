@@ -4,8 +4,8 @@
 
 Time per training image (batch 2, float32, the same step as bench_train.py) at each size, and the exponent k of a fit
 time ~ size^k (k = 2 means cost proportional to pixels). Peak resident memory of a training
-step at 256 px for each batch size, each measured in a fresh process (ru_maxrss), and its
-growth per image (VmHWM, Linux only). Prints JSON.
+step at 256 px for each batch size (VmHWM, Linux only), each measured in a fresh process, and
+its growth per image. Prints JSON.
 """
 from __future__ import annotations
 
