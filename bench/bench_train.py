@@ -48,8 +48,9 @@ def matmul_peak(dtype: str, n: int = 4096, repeats: int = 6) -> float:
     return best
 
 
-def train_rate(model: keras.Model, size: int, batch: int, steps: int, xla: bool = False) -> float:
-    """Training images/s of a compiled-here model on random data, after two warm-up steps."""
+def warmed_up_step(model: keras.Model, size: int, batch: int, xla: bool = False):
+    """Compile `model` with train.py's optimizer, loss and metrics, take two warm-up training
+    steps on a random (batch, size, size) batch, and return a function taking one more step."""
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=losses.ce_dice_loss_from_logits(),
                   metrics=metrics.segmentation_metrics(), jit_compile=xla)
     rng = np.random.default_rng(0)
@@ -57,9 +58,15 @@ def train_rate(model: keras.Model, size: int, batch: int, steps: int, xla: bool 
     y = rng.integers(0, 21, (batch, size, size)).astype("int32")
     for _ in range(2):
         model.train_on_batch(x, y)
+    return lambda: model.train_on_batch(x, y)
+
+
+def train_rate(model: keras.Model, size: int, batch: int, steps: int, xla: bool = False) -> float:
+    """Training images/s of a compiled-here model on random data, after two warm-up steps."""
+    step = warmed_up_step(model, size, batch, xla)
     start = time.perf_counter()
     for _ in range(steps):
-        model.train_on_batch(x, y)
+        step()
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -118,14 +125,13 @@ def main(args):
     by = {(r["model"], r["size"], r["precision"], r["xla"]): r["images_per_s"] for r in result["runs"]}
     result["ratios"] = {}
     for size in sorted({r["size"] for r in result["runs"]}, reverse=True):
-        fp32 = by[("deeplabv3", size, "float32", False)]
-        others = {"bf16_over_fp32": ("deeplabv3", size, "mixed_bfloat16", False),
-                  "xla_over_no_xla": ("deeplabv3", size, "float32", True),
-                  "product_over_chapter": ("chapter", size, "float32", False)}
-        # product_over_chapter is the other way round: the product's speed over the baseline's.
-        result["ratios"][f"{size}px"] = {
-            name: round(fp32 / by[key] if name == "product_over_chapter" else by[key] / fp32, 2)
-            for name, key in others.items() if key in by}
+        fp32 = ("deeplabv3", size, "float32", False)
+        bf16 = ("deeplabv3", size, "mixed_bfloat16", False)
+        xla = ("deeplabv3", size, "float32", True)
+        chapter = ("chapter", size, "float32", False)
+        pairs = {"bf16_over_fp32": (bf16, fp32), "xla_over_no_xla": (xla, fp32), "product_over_chapter": (fp32, chapter)}
+        result["ratios"][f"{size}px"] = {name: round(by[top] / by[bottom], 2)
+                                         for name, (top, bottom) in pairs.items() if top in by and bottom in by}
     emit(result, args.out)
 
 

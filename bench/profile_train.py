@@ -2,12 +2,13 @@
 
     python bench/profile_train.py [--size 384] [--batch-size 4] [--steps 2] [--top 15]
 
-Builds DeepLab v3 (random weights), compiles it as train.py does, runs two warm-up steps,
-then traces `--steps` steps with the TensorFlow profiler. The trace is kept under `--logdir`
-(open it with TensorBoard's profile plugin); the JSON printed here sums the traced kernels'
-wall time per step, by TensorFlow op type (e.g. `_MklNativeConv2DBackpropFilter`) and by
-model layer, largest first. Ops that overlap in time are each counted in full, so with
-TensorFlow's default of running independent ops side by side the sums exceed the step time;
+Builds DeepLab v3 (random weights), compiles it and takes two warm-up steps as
+bench_train.py does (train.py's optimizer, loss and metrics, random data), then traces
+`--steps` steps with the TensorFlow profiler. The trace is kept under `--logdir` (open it with
+TensorBoard's profile plugin); the JSON printed here sums the traced kernels' wall time per
+step, by TensorFlow op type (e.g. `_MklNativeConv2DBackpropFilter`) and by model layer,
+largest first. Ops that overlap in time are each counted in full, so with TensorFlow's
+default of running independent ops side by side the sums exceed the step time;
 `--inter-op-threads 1` runs one op at a time, so that the per-op times add up to the step.
 """
 from __future__ import annotations
@@ -21,11 +22,9 @@ from pathlib import Path
 from common import emit, machine
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-import losses
-import metrics
+from bench_train import warmed_up_step
 from model import build_deeplabv3
 
 # Framework bookkeeping events wrap the kernels; counting them would count everything twice.
@@ -85,19 +84,13 @@ def main(args):
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = build_deeplabv3((args.size, args.size, 3), backbone_weights=None)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=losses.ce_dice_loss_from_logits(),
-                  metrics=metrics.segmentation_metrics())
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (args.batch_size, args.size, args.size, 3)).astype("float32")
-    y = rng.integers(0, 21, (args.batch_size, args.size, args.size)).astype("int32")
-    for _ in range(2):
-        model.train_on_batch(x, y)
+    train_step = warmed_up_step(model, args.size, args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         logdir = Path(args.logdir or tmp)
         tf.profiler.experimental.start(str(logdir))
         start = time.perf_counter()
         for _ in range(args.steps):
-            model.train_on_batch(x, y)
+            train_step()
         step = (time.perf_counter() - start) / args.steps
         tf.profiler.experimental.stop()
         traces = sorted(logdir.glob("plugins/profile/*/*.xplane.pb"), key=lambda p: p.stat().st_mtime)
