@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import runtime  # noqa: E402
+
+# As train.py does, before any test module loads TensorFlow: on x86 the suite runs with
+# oneDNN and the native dilated kernel; test_portability runs the other kernels.
+runtime.prefer_onednn()
+
 
 class FileServer:
     """Serves byte strings on 127.0.0.1 with Range support and injectable faults.

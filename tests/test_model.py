@@ -171,26 +171,46 @@ def test_every_batch_norm_is_fused(models):
     assert all(isinstance(n, deeplab.FusedBatchNormalization) for n in norms)
 
 
-@pytest.mark.parametrize("rate", [2, 6])
-def test_dilated_conv_matches_keras_conv_with_gradients(rate):
+KERNELS = ["native", "portable", "keras"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("rate,shape", [(2, (2, 9, 11, 5)), (6, (2, 9, 11, 5)), (6, (1, 4, 5, 3)), (18, (1, 24, 20, 3))])
+def test_dilated_conv_matches_keras_conv_with_gradients(monkeypatch, kernel, rate, shape):
+    """Every kernel DilatedConv2D can take gives Keras Conv2D's output and gradients, in a
+    traced step as in training; (6, 4x5) has taps that read only padding."""
+    if kernel == "native" and not deeplab.native_dilated_gradients():
+        pytest.skip("no GPU and no oneDNN here: TensorFlow has no native dilated-conv gradient")
+    monkeypatch.setenv(deeplab.DILATED_CONV_ENV, kernel)
+    assert deeplab.dilated_conv_kernel() == kernel
     rng = np.random.default_rng(rate)
-    x = tf.constant(rng.normal(size=(2, 9, 11, 5)).astype("float32"))
+    x = tf.constant(rng.normal(size=shape).astype("float32"))
     plain = keras.layers.Conv2D(4, 3, padding="same", dilation_rate=rate)
-    native = deeplab.DilatedConv2D(4, 3, padding="same", dilation_rate=rate)
+    dilated = deeplab.DilatedConv2D(4, 3, padding="same", dilation_rate=rate)
     plain.build(x.shape)
-    native.build(x.shape)
-    native.set_weights([rng.normal(size=w.shape).astype("float32") for w in plain.get_weights()])
-    plain.set_weights(native.get_weights())
+    dilated.build(x.shape)
+    dilated.set_weights([rng.normal(size=w.shape).astype("float32") for w in plain.get_weights()])
+    plain.set_weights(dilated.get_weights())
     results = []
-    for layer in (plain, native):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(y * tf.cos(y))
-        results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+    for layer in (plain, dilated):
+        @tf.function(input_signature=[tf.TensorSpec((None, None, None, shape[-1]))])  # sizes unknown, as in the model
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                loss = tf.reduce_sum(y * tf.cos(y))
+            return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
+
+        results.append(step(x))
     for a, b in zip(*results):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
-    assert deeplab.DilatedConv2D.from_config(native.get_config()).get_config() == native.get_config()
+    assert deeplab.DilatedConv2D.from_config(dilated.get_config()).get_config() == dilated.get_config()
+
+
+def test_unknown_dilated_kernel_setting_is_an_error(monkeypatch):
+    monkeypatch.setenv(deeplab.DILATED_CONV_ENV, "fast")
+    with pytest.raises(ValueError, match="fast"):
+        deeplab.dilated_conv_kernel()
 
 
 def test_every_dilated_conv_takes_the_native_kernel(models):
