@@ -17,7 +17,11 @@ from pathlib import Path
 
 from common import emit, machine
 
-import numpy as np
+import runtime
+
+runtime.prefer_onednn()  # measure what train.py runs: it asks for oneDNN before TensorFlow loads
+
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

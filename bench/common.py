@@ -16,17 +16,21 @@ def machine() -> dict:
     """What the numbers were measured on."""
     import tensorflow as tf
 
+    import model
+    import runtime
+
     cpu = "unknown"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
     except OSError:
         pass
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "tensorflow": tf.__version__,
-            "python": platform.python_version()}
+    # The CPU features decide TensorFlow's kernels: oneDNN is on by default only with
+    # AVX-512-class ones, and bfloat16 is fast only with avx512_bf16 or AMX.
+    return {"cpu": cpu, "arch": platform.machine(), "cpu_features": sorted(runtime.cpu_features()),
+            "cores": os.cpu_count(), "gpus": gpus, "tensorflow": tf.__version__, "onednn": model.onednn_enabled(),
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get(runtime.ONEDNN_ENV, "unset"), "python": platform.python_version()}
 
 
 def bench_voc_root(data_dir: str | Path, num_train: int, num_val: int = 20) -> Path:

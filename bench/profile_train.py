@@ -21,11 +21,15 @@ from pathlib import Path
 
 from common import emit, machine
 
-import keras
-import tensorflow as tf
+import runtime
 
-from bench_train import warmed_up_step
-from model import build_deeplabv3
+runtime.prefer_onednn()  # measure what train.py runs: it asks for oneDNN before TensorFlow loads
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bench_train import warmed_up_step  # noqa: E402
+from model import build_deeplabv3  # noqa: E402
 
 # Framework bookkeeping events wrap the kernels; counting them would count everything twice.
 WRAPPERS = ("ExecutorState", "EagerExecute", "EagerKernelExecute", "EagerLocalExecute", "KernelAndDeviceFunc",
