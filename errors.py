@@ -1,0 +1,9 @@
+"""The one base class of expected failures, which entry points end with `error: ...` (cli.run)."""
+
+
+class KitError(Exception):
+    """A failure the user can fix (a bad path, file, setting or download); its message says how.
+
+    Entry points print it as `error: <message>` and exit 1, without a traceback (cli.run);
+    anything else is a bug and keeps its traceback.
+    """
