@@ -1,8 +1,8 @@
 """Synthetic VOC-format data: scenes a model can learn, for the offline demo and the tests.
 
 Written by `python download_data.py --synthetic`; the tree has the layout of the real
-VOC 2012 devkit (JPEGImages, palettized SegmentationClass PNGs, ImageSets/Segmentation),
-so every script runs on it unchanged.
+VOC 2012 devkit (data.IMAGES_DIR, palettized data.MASKS_DIR PNGs in VOC's colours,
+data.SPLITS_DIR with train.txt, val.txt and trainval.txt), so every script runs on it unchanged.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from voc import CLASS_NAMES, IGNORE_LABEL, save_mask
+import data
+from voc import CLASS_NAMES, IGNORE_LABEL
 
 # A handful of classes a small vehicle meets; each has its own shape, colour and texture.
 DEFAULT_CLASSES: tuple[str, ...] = ("car", "person", "dog", "bicycle", "chair", "pottedplant")
@@ -127,13 +128,14 @@ def generate_voc_tree(voc_root: str | Path, num_train: int = 200, num_val: int =
     """
     unknown = [c for c in classes if c not in CLASS_NAMES[1:]]
     if unknown:
-        raise ValueError(f"unknown VOC classes {unknown}; choose from {CLASS_NAMES[1:]}")
+        raise data.DataError(f"unknown VOC classes {unknown}; choose from {CLASS_NAMES[1:]}")
     if not 0 < min_size <= max_size:
-        raise ValueError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
+        raise data.DataError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
     root = Path(voc_root)
-    jpeg_dir, seg_dir, sets_dir = root / "JPEGImages", root / "SegmentationClass", root / "ImageSets" / "Segmentation"
+    jpeg_dir, seg_dir, sets_dir = root / data.IMAGES_DIR, root / data.MASKS_DIR, root / data.SPLITS_DIR
     for d in (jpeg_dir, seg_dir, sets_dir):
         d.mkdir(parents=True, exist_ok=True)
+    classes_table = data.ClassTable.voc()
     class_indices = [CLASS_NAMES.index(c) for c in classes]
     ids = [f"2012_{i:06d}" for i in range(num_train + num_val)]
     void_width = 2 if max_size < 300 else 3
@@ -146,7 +148,7 @@ def generate_voc_tree(voc_root: str | Path, num_train: int = 200, num_val: int =
         if grayscale_every and i % grayscale_every == grayscale_every // 2:
             picture = picture.convert("L")
         picture.save(jpeg_dir / f"{image_id}.jpg", quality=92)
-        save_mask(label, seg_dir / f"{image_id}.png")
+        classes_table.save_mask(label, seg_dir / f"{image_id}.png")
     splits = {"train": ids[:num_train], "val": ids[num_train:], "trainval": ids}
     for name, members in splits.items():
         (sets_dir / f"{name}.txt").write_text("".join(f"{m}\n" for m in members))
