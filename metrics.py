@@ -1,11 +1,21 @@
-"""Dataset-level segmentation metrics from one streaming confusion matrix.
+"""Segmentation scores from one confusion matrix: the one implementation training, evaluation,
+the export report and the benchmarks all use.
 
-`update_state` adds every batch's pixels to a (C, C) matrix (rows: true class, columns:
-predicted class) until `reset_state`; pixel accuracy, mean accuracy and mean IoU are read
-from that matrix, never averaged over batches. Pixels whose label is not a valid class
-(VOC's 255) are ignored.
+    cm = metrics.ConfusionMatrix(num_classes)       # torchvision's ConfusionMatrix shape
+    for labels, predicted_masks in batches:
+        cm.update(labels, predicted_masks)
+    cm.compute()["mean_iou"]; cm.table(class_names)
+
+`confusion_matrix_update` counts one batch into a (C, C) matrix (rows: true class, columns:
+predicted class) and `scores` derives pixel accuracy, mean accuracy, mean IoU and the
+per-class values from a matrix, both in keras.ops so the Keras metrics run them inside the
+training graph (XLA included) and ConfusionMatrix runs them eagerly. Scores are always read
+from a matrix accumulated over the whole evaluation, never averaged over batches. Pixels whose
+label is not a valid class (VOC's 255) are ignored.
 """
 from __future__ import annotations
+
+import math
 
 import keras
 import numpy as np
@@ -13,12 +23,20 @@ from keras import ops
 
 from voc import NUM_CLASSES
 
+SCORES = ("pixel_accuracy", "mean_accuracy", "mean_iou")
 
-def confusion_matrix_update(y_true, y_pred_logits, num_classes: int):
-    """(C, C) int32 counts for one batch: labels (B, H, W), logits (B, H, W, C)."""
+
+def confusion_matrix_update(y_true, y_pred, num_classes: int, from_logits: bool = True):
+    """(C, C) int32 counts for one batch.
+
+    Args:
+        y_true: (B, H, W) int labels; values outside 0..C-1 are ignored.
+        y_pred: (B, H, W, >= C) logits (argmax over the first C channels: a training model with
+            an auxiliary head appends its logits), or (B, H, W) class indices if not from_logits.
+    """
     labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
-    pred = ops.reshape(ops.argmax(y_pred_logits, axis=-1), (-1,))
-    pred = ops.cast(pred, "int32")
+    pred = ops.argmax(y_pred[..., :num_classes], axis=-1) if from_logits else y_pred
+    pred = ops.cast(ops.reshape(pred, (-1,)), "int32")
     valid = ops.logical_and(labels >= 0, labels < num_classes)
     # Invalid pixels go to an overflow bin C*C that is dropped, keeping shapes static. A
     # segment sum with a fixed number of segments, not bincount: bincount's output length
@@ -28,39 +46,75 @@ def confusion_matrix_update(y_true, y_pred_logits, num_classes: int):
     return ops.reshape(counts[: num_classes * num_classes], (num_classes, num_classes))
 
 
-def confusion_from_masks(labels: np.ndarray, predictions: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """(C, C) int64 counts from label and predicted masks of the same shape, in NumPy."""
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    predictions = np.asarray(predictions).reshape(-1).astype(np.int64)
-    valid = (labels >= 0) & (labels < num_classes)
-    counts = np.bincount(labels[valid] * num_classes + predictions[valid], minlength=num_classes ** 2)
-    return counts.reshape(num_classes, num_classes)
+def scores(cm) -> dict:
+    """Scores of a (C, C) confusion matrix, as float64 tensors.
 
-
-def scores_from_confusion(cm: np.ndarray) -> dict:
-    """Every score from a (C, C) confusion matrix, in NumPy, for reports.
-
-    Mean accuracy averages recall over classes present in the ground truth; mean IoU
-    averages IoU over classes whose union is non-empty.
+    pixel_accuracy: correct / all counted pixels. per_class_accuracy: recall, NaN for classes
+    absent from the ground truth; mean_accuracy averages the others. per_class_iou: TP /
+    (TP + FP + FN), NaN where that union is empty; mean_iou averages the others. An empty
+    matrix scores 0.
     """
-    cm = np.asarray(cm, dtype=np.float64)
-    tp, gt, pred = np.diag(cm), cm.sum(1), cm.sum(0)
+    cm = ops.cast(cm, "float64")
+    tp, gt, pred = ops.diagonal(cm), ops.sum(cm, axis=1), ops.sum(cm, axis=0)
     union = gt + pred - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(gt > 0, tp / gt, np.nan)
-        iou = np.where(union > 0, tp / union, np.nan)
-    total = cm.sum()
-    return {"pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
-            "mean_accuracy": float(np.nanmean(recall)) if (gt > 0).any() else float("nan"),
-            "mean_iou": float(np.nanmean(iou)) if (union > 0).any() else float("nan"),
-            "per_class_accuracy": recall, "per_class_iou": iou}
+    nan = ops.full_like(tp, math.nan)
+
+    def per_class(numerator, denominator):
+        return ops.where(denominator > 0, numerator / ops.maximum(denominator, 1.0), nan)
+
+    def mean(values, present):
+        present = ops.cast(present, "float64")
+        return ops.sum(ops.where(present > 0, values, 0.0)) / ops.maximum(ops.sum(present), 1.0)
+
+    accuracy, iou = per_class(tp, gt), per_class(tp, union)
+    return {"pixel_accuracy": ops.sum(tp) / ops.maximum(ops.sum(cm), 1.0),
+            "mean_accuracy": mean(accuracy, gt > 0), "mean_iou": mean(iou, union > 0),
+            "per_class_accuracy": accuracy, "per_class_iou": iou}
+
+
+class ConfusionMatrix:
+    """Accumulates one (C, C) int64 matrix over a whole evaluation (eagerly), and scores it."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.matrix = np.zeros((num_classes, num_classes), np.int64)
+
+    def update(self, labels, predictions) -> None:
+        """Add a batch: labels and predicted class indices of the same shape, (B, H, W) or (H, W)."""
+        self.matrix += np.asarray(confusion_matrix_update(labels, predictions, self.num_classes, from_logits=False))
+
+    def reset(self) -> None:
+        self.matrix[:] = 0
+
+    def compute(self) -> dict:
+        """{pixel_accuracy, mean_accuracy, mean_iou: float; per_class_accuracy, per_class_iou: (C,) arrays}."""
+        return {k: (float(v) if k in SCORES else np.asarray(v)) for k, v in scores(self.matrix).items()}
+
+    def report(self, class_names) -> dict:
+        """compute() for JSON: per-class values keyed by class name (None for NaN), and the matrix."""
+        result = self.compute()
+        by_name = {f"per_class_{k}": {n: None if math.isnan(v) else float(v) for n, v in
+                                      zip(class_names, result[f"per_class_{k}"])} for k in ("iou", "accuracy")}
+        return {**{k: result[k] for k in SCORES}, **by_name, "confusion_matrix": self.matrix.tolist()}
+
+    def table(self, class_names) -> str:
+        """Markdown: class, IoU, accuracy (recall), ground-truth pixels."""
+        result = self.compute()
+        fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.4f}"  # noqa: E731
+        lines = ["| class | IoU | accuracy | pixels |", "| --- | ---: | ---: | ---: |"]
+        for c, name in enumerate(class_names):
+            lines.append(f"| {name} | {fmt(result['per_class_iou'][c])} | {fmt(result['per_class_accuracy'][c])} "
+                         f"| {int(self.matrix[c].sum())} |")
+        return "\n".join(lines) + "\n"
 
 
 class ConfusionMatrixMetric(keras.metrics.Metric):
-    """Base for the three metrics: holds the (C, C) confusion matrix as an int64 variable."""
+    """A Keras metric reporting one of SCORES from a (C, C) int64 confusion matrix it accumulates."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, name: str = "confusion_matrix", **kwargs):
-        super().__init__(name=name, **kwargs)
+    score = "mean_iou"
+
+    def __init__(self, num_classes: int = NUM_CLASSES, name: str | None = None, **kwargs):
+        super().__init__(name=name or self.score, **kwargs)
         self.num_classes = num_classes
         # int64: a VOC epoch is ~3e8 pixels, past float32's exact integer range.
         self.cm = self.add_variable(shape=(num_classes, num_classes), initializer="zeros", dtype="int64",
@@ -74,23 +128,12 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
     def reset_state(self):
         self.cm.assign(ops.zeros_like(self.cm))
 
-    def _parts(self):
-        cm = ops.cast(self.cm, "float64")
-        tp = ops.diagonal(cm)
-        return cm, tp, ops.sum(cm, axis=1), ops.sum(cm, axis=0)
-
-    @staticmethod
-    def _masked_mean(values, mask):
-        mask = ops.cast(mask, values.dtype)
-        return ops.cast(ops.sum(ops.where(mask > 0, values, 0.0)) / ops.maximum(ops.sum(mask), 1.0), "float32")
+    def result(self):
+        return ops.cast(scores(self.cm)[self.score], "float32")
 
     def confusion_matrix(self) -> np.ndarray:
         """The accumulated (C, C) counts, rows true, columns predicted."""
         return np.asarray(keras.ops.convert_to_numpy(self.cm))
-
-    def per_class_iou(self) -> np.ndarray:
-        """IoU per class (NaN where the union is empty)."""
-        return scores_from_confusion(self.confusion_matrix())["per_class_iou"]
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}
@@ -100,37 +143,21 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
 class PixelAccuracyMetric(ConfusionMatrixMetric):
     """Correct valid pixels / valid pixels, over everything seen since `reset_state`."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, name: str = "pixel_accuracy", **kwargs):
-        super().__init__(num_classes, name=name, **kwargs)
-
-    def result(self):
-        cm, tp, _, _ = self._parts()
-        return ops.cast(ops.sum(tp) / ops.maximum(ops.sum(cm), 1.0), "float32")
+    score = "pixel_accuracy"
 
 
 @keras.saving.register_keras_serializable(package="deeplab")
 class MeanAccuracyMetric(ConfusionMatrixMetric):
     """Per-class recall averaged over classes present in the ground truth."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, name: str = "mean_accuracy", **kwargs):
-        super().__init__(num_classes, name=name, **kwargs)
-
-    def result(self):
-        _, tp, gt, _ = self._parts()
-        return self._masked_mean(tp / ops.maximum(gt, 1.0), gt > 0)
+    score = "mean_accuracy"
 
 
 @keras.saving.register_keras_serializable(package="deeplab")
 class MeanIoUMetric(ConfusionMatrixMetric):
     """IoU averaged over classes whose union (ground truth or prediction) is non-empty."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, name: str = "mean_iou", **kwargs):
-        super().__init__(num_classes, name=name, **kwargs)
-
-    def result(self):
-        _, tp, gt, pred = self._parts()
-        union = gt + pred - tp
-        return self._masked_mean(tp / ops.maximum(union, 1.0), union > 0)
+    score = "mean_iou"
 
 
 def segmentation_metrics(num_classes: int = NUM_CLASSES) -> list[keras.metrics.Metric]:

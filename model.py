@@ -60,7 +60,10 @@ class FusedBatchNormalization(layers.BatchNormalization):
     Keras 3 normalises with separate ops (moments, then several elementwise passes) and
     upcasts bfloat16 activations to float32 on the way; the fused kernel does one pass in the
     input's dtype. Measured here at 384 px, batch 4 (bench/bench_train.py): training 13%
-    faster in float32 and 78% faster with mixed bfloat16. Only for 4-D NHWC inputs.
+    faster in float32 and 78% faster with mixed bfloat16. Only for 4-D NHWC inputs. The moving
+    variance is updated with the batch's biased variance, as Keras does (TensorFlow's kernel
+    returns the unbiased one, n / (n - 1) larger; at n = 1, e.g. ASPP's pooled branch at batch
+    1, it returns 0, so the statistics stay finite).
     """
 
     def call(self, inputs, training=None, mask=None):
@@ -72,6 +75,9 @@ class FusedBatchNormalization(layers.BatchNormalization):
         if training and self.trainable:
             y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
+            shape = tf.shape(inputs)
+            n = tf.cast(shape[0] * shape[1] * shape[2], variance.dtype)  # values per channel
+            variance = variance * tf.maximum(n - 1.0, 0.0) / n  # unbiased -> biased, as Keras
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
         else:
@@ -421,3 +427,63 @@ def build_deeplabv3(input_shape=(384, 384, 3), num_classes: int = NUM_CLASSES, b
     if backbone == "resnet50" and backbone_weights is not None:
         copy_backbone_weights(model, source)
     return model
+
+
+AUX_FEATURES = "conv4_block6_out"  # ResNet-50's conv4 output, where the auxiliary head reads
+
+
+def training_model(model: keras.Model, aux_filters: int = 256, dropout: float = 0.1) -> keras.Model:
+    """`model` with an auxiliary FCN head on conv4, for training with an auxiliary loss.
+
+    The head (3x3 conv, batch norm, ReLU, dropout, 1x1 conv to the classes, upsampled to the
+    input) is PSPNet's and torchvision's. Output (B, H, W, 2C): the main logits, then the
+    auxiliary ones (losses.py splits them). `model` shares every layer and stays the
+    single-output model that best.keras and the exports hold.
+    """
+    if AUX_FEATURES not in {layer.name for layer in model.layers}:
+        raise ValueError(f"the auxiliary head reads ResNet-50's {AUX_FEATURES}; {model.name} has none "
+                         f"(use --backbone resnet50 with --aux-loss)")
+    num_classes = model.output.shape[-1]
+    x = model.get_layer(AUX_FEATURES).output  # (B, H/16, W/16, 1024), or H/8 at output stride 8
+    x = layers.Conv2D(aux_filters, 3, padding="same", use_bias=False, name="aux_conv")(x)
+    x = FusedBatchNormalization(name="aux_bn")(x)
+    x = layers.ReLU(name="aux_relu")(x)
+    x = layers.Dropout(dropout, name="aux_dropout")(x)
+    x = layers.Conv2D(num_classes, 1, name="aux_classifier")(x)
+    aux = ResizeLike(name="aux_logits", dtype="float32")(x, model.input)  # (B, H, W, C)
+    both = layers.Concatenate(name="logits_and_aux", dtype="float32")([model.output, aux])  # (B, H, W, 2C)
+    return keras.Model(model.input, both, name=f"{model.name}_with_aux")
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The single-output model inside a training_model (or `model` itself if it has no aux head)."""
+    if model.layers[-1].name != "logits_and_aux":
+        return model
+    return keras.Model(model.input, model.get_layer("logits").output, name=model.name.removesuffix("_with_aux"))
+
+
+def with_output_stride(model: keras.Model, output_stride: int) -> keras.Model:
+    """The same trained ResNet-50 DeepLab v3 rebuilt at another output stride, same weights.
+
+    Dilation leaves every kernel's shape unchanged, so a model trained at output stride 16 runs
+    at 8 (conv4 dilated by 2, conv5 by 4, ASPP rates doubled) with its own weights: the paper's
+    evaluation protocol (+1-2 mIoU for 4x the conv4/conv5 compute).
+    """
+    name = model.name  # deeplabv3_<backbone>_os<stride>
+    if not name.startswith("deeplabv3_resnet50_os"):
+        raise ValueError(f"{name}: only the ResNet-50 model can change its output stride (MobileNetV2's "
+                         f"features at stride 8 are another layer, with other weights)")
+    if name.endswith(f"_os{output_stride}"):
+        return model
+    aspp = model.get_layer("aspp")
+    conv5_rates = [model.get_layer(f"conv5_block{b}_2_conv").dilation_rate[0] for b in (1, 2, 3)]
+    base = ATROUS[int(name.rsplit("_os", 1)[1])]["conv5"]
+    grid = tuple(r // base for r in conv5_rates)
+    rebuilt = build_deeplabv3((None, None, 3), model.output.shape[-1], backbone_weights=None,
+                              output_stride=output_stride, multi_grid=grid if grid != (1, 1, 1) else None,
+                              aspp_filters=aspp.filters, dropout=aspp.dropout)
+    copied = copy_backbone_weights(rebuilt, model)
+    missing = [layer.name for layer in rebuilt.layers if layer.weights and layer.name not in copied]
+    if missing:
+        raise ValueError(f"{name}: no weights for {missing[:5]} at output stride {output_stride}")
+    return rebuilt

@@ -1,129 +1,151 @@
-"""Train DeepLab v3 on PASCAL VOC 2012 (or the synthetic stand-in), resumably.
+"""Train DeepLab v3 on PASCAL VOC 2012, your own labelled data, or the synthetic stand-in, resumably.
 
-    python train.py                 # the chapter's experiment: VOC 2012, ResNet-50 (ImageNet), 384 px, 25 epochs
-    python train.py --demo          # offline: synthetic data, small model, a few minutes on a laptop CPU
+    python train.py                                 # the chapter's experiment: VOC 2012, ResNet-50 (ImageNet), 384 px
+    python train.py --demo                          # offline: synthetic data, small model, minutes on a laptop CPU
+    python train.py --data-dir ~/VOCdevkit          # a VOC tree already on disk, used where it lies
+    python train.py --data-dir my_cvat_export/      # your own classes (CVAT "Segmentation mask 1.1")
 
 Running the same command again after an interruption continues from the last finished epoch
 (weights, optimizer state, learning rate, best score, early-stopping counters).
-Outputs go to the run directory (see training.py for its layout).
+Outputs go to the run directory (see training.py for its layout). Settings: config.py.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
-import shutil
 from pathlib import Path
 
 import runtime
 
-runtime.prefer_onednn()  # before TensorFlow loads, which reads the setting once (see runtime.py)
+runtime.start(onednn=True)  # before TensorFlow loads: it reads these settings once (see runtime.py)
 
 import keras  # noqa: E402
 
+import atomic  # noqa: E402
+import cli  # noqa: E402
+import config  # noqa: E402
+import data  # noqa: E402
 import download_data  # noqa: E402
 import losses  # noqa: E402
 import metrics  # noqa: E402
 import pipeline  # noqa: E402
 import training  # noqa: E402
-from model import BACKBONES, build_deeplabv3, dilated_conv_kernel, onednn_enabled  # noqa: E402
-from voc import NUM_CLASSES  # noqa: E402
-
-# The chapter's experiment, and an offline demo that finishes in minutes on 2 CPU cores.
-FULL = {"dataset": "voc", "run_dir": "eval/deeplabv3", "input_size": 384, "resize_before_crop": 444,
-        "batch_size": 8, "epochs": 25, "lr": 1e-4, "backbone": "resnet50", "backbone_weights": "imagenet",
-        "aspp_filters": 256, "bn_momentum": None}
-DEMO = {"dataset": "synthetic", "run_dir": "eval/demo", "input_size": 128, "resize_before_crop": 160,
-        "batch_size": 8, "epochs": 15, "lr": 1e-3, "backbone": "mobilenetv2", "backbone_weights": "none",
-        "aspp_filters": 64, "bn_momentum": 0.9}
-# Flags that change what is trained: a resumed run must not change them.
-IDENTITY_KEYS = ("dataset", "input_size", "resize_before_crop", "batch_size", "lr", "loss", "backbone",
-                 "backbone_weights", "output_stride", "multi_grid", "aspp_filters", "bn_momentum", "mixed_precision", "seed")
+from model import build_deeplabv3, dilated_conv_kernel, inference_model, onednn_enabled, training_model  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", action="store_true", help="offline demo: synthetic data, MobileNetV2, 128 px (see README)")
-    p.add_argument("--dataset", choices=("voc", "synthetic"), help="VOC 2012 (downloaded if absent) or synthetic data")
-    p.add_argument("--data-dir", default="data", help="where download_data.py puts (or finds) the data")
-    p.add_argument("--run-dir", help="outputs: config, log, checkpoints (default eval/deeplabv3, eval/demo with --demo)")
-    p.add_argument("--input-size", type=int, help="square crop fed to the model (default 384)")
-    p.add_argument("--resize-before-crop", type=int, help="size to enlarge to before a random crop (default 444)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default 8)")
-    p.add_argument("--epochs", type=int, help="epochs to train (default 25)")
-    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training images")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--loss", choices=sorted(losses.LOSSES), default="ce_dice", help="training loss")
-    p.add_argument("--backbone", choices=BACKBONES, help="resnet50 (default) or the lighter mobilenetv2")
-    p.add_argument("--backbone-weights", help="imagenet (default), none, or a path to a Keras weights file")
-    p.add_argument("--output-stride", type=int, choices=(16, 8), default=16, help="backbone output stride")
-    p.add_argument("--multi-grid", action="store_true", help="conv5 rates x (1, 2, 4)")
-    p.add_argument("--aspp-filters", type=int, help="channels of each ASPP branch (default 256)")
-    p.add_argument("--bn-momentum", type=float, help="batch-norm momentum (default: Keras's; 0.9 with --demo)")
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
-    p.add_argument("--xla", action="store_true",
-                   help="compile the training step with XLA (jit_compile): for GPUs; 1.75-1.85x slower on the CPUs measured")
-    p.add_argument("--strategy", choices=("auto", "mirrored", "multiworker"), default="auto",
-                   help="auto: all local GPUs if several; mirrored; multiworker (TF_CONFIG)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and augmentation")
-    p.add_argument("--early-stopping-patience", type=int, default=6, help="epochs without val_loss improvement")
-    p.add_argument("--lr-patience", type=int, default=3, help="epochs before ReduceLROnPlateau cuts the LR by 10")
-    p.add_argument("--num-train", type=int, default=200, help="synthetic data: training images")
-    p.add_argument("--num-val", type=int, default=100, help="synthetic data: val images (halved into val and test)")
+    config.add_arguments(p, config.TRAIN, presets=("demo",))
     p.add_argument("--fresh", action="store_true", help="discard an earlier run in --run-dir instead of resuming it")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras progress output")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                   help="1: one progress line per epoch; 2: Keras's own output; 0: quiet")
+    cli.add_debug_flag(p)
     return p.parse_args(argv)
 
 
 def resolve_config(args) -> dict:
-    """Flags given explicitly win; the rest come from FULL or, with --demo, DEMO."""
-    base = DEMO if args.demo else FULL
-    config = {k: v for k, v in vars(args).items() if k not in ("fresh", "verbose")}
-    for key, default in base.items():
-        if config.get(key) is None:
-            config[key] = default
-    return config
+    """Flags given explicitly win; then --demo's values; then the recipe's; then the declared
+    defaults (config.TRAIN)."""
+    return config.resolve(args, config.TRAIN, presets=config.presets_for(args))
 
 
-def datasets(config: dict, voc_root: Path):
-    """(train, val, steps_per_epoch): train repeats forever, val is one pass at input size."""
-    size = (config["input_size"],) * 2
-    train = pipeline.voc_dataset(voc_root, "train", config["batch_size"], epochs=None, input_size=size,
-                                 resize_to_before_crop=(config["resize_before_crop"],) * 2, augmentation=True,
-                                 shuffle=True, seed=config["seed"])
-    val = pipeline.voc_dataset(voc_root, "val", config["batch_size"], epochs=1, input_size=size)
-    steps = config["steps_per_epoch"] or math.ceil(pipeline.subset_size(voc_root, "train") / config["batch_size"])
-    return train, val, steps
+def data_tree(settings: dict, progress: bool = True) -> data.Tree:
+    """The run's data tree: synthetic data generated if needed, a VOC-layout tree where it lies,
+    or VOC 2012 downloaded, but only into the default data folder and only if it holds no tree."""
+    data_dir = Path(settings["data_dir"]).expanduser()
+    if settings["dataset"] == "synthetic":
+        root = download_data.ensure_synthetic(data_dir, settings["num_train"], settings["num_val"], progress=progress)
+    elif data.find_tree(data_dir) is None and settings["data_dir"] == config.TRAIN["data_dir"].default:
+        root = download_data.ensure_voc(data_dir, progress=progress)
+    else:
+        root = data_dir  # resolve_tree finds the layout, or says where it looked
+    return data.resolve_tree(root, settings["labelmap"], settings["val_fraction"])
 
 
-def build_model(config: dict) -> keras.Model:
-    """A fresh compiled DeepLab v3 for this configuration (any input size)."""
-    model = build_deeplabv3((None, None, 3), NUM_CLASSES, backbone_weights=config["backbone_weights"],
-                            output_stride=config["output_stride"], backbone=config["backbone"],
-                            multi_grid=(1, 2, 4) if config["multi_grid"] else None,
-                            aspp_filters=config["aspp_filters"], bn_momentum=config["bn_momentum"])
-    model.compile(optimizer=keras.optimizers.Adam(config["lr"]), loss=losses.get_loss(config["loss"]),
-                  metrics=metrics.segmentation_metrics(), jit_compile=config["xla"])
-    return model
+def describe_data(tree: data.Tree, train_split: str) -> dict:
+    """The DATA_KEYS config.json records: which tree, classes and how many images per split.
+
+    Raises DataError if a split list names missing files, or if validation shares an id with
+    the training split.
+    """
+    counts = tree.check_complete((train_split, "full-val"))
+    overlap = set(tree.ids(train_split)) & set(tree.ids("full-val"))
+    if overlap:
+        raise data.DataError(f"{len(overlap)} id(s) of the validation list are also in {train_split}, e.g. "
+                             f"{sorted(overlap)[0]}: validation would score images the model trained on")
+    return {**tree.describe(), "num_train_images": counts[train_split], "num_val_images": len(tree.ids("val")),
+            "num_test_images": len(tree.ids("test"))}
 
 
-def check_same_run(run_dir: Path, config: dict) -> None:
-    """Refuse to resume a run that was started with different training flags."""
-    saved = json.loads((run_dir / "config.json").read_text())
-    changed = {k: (saved.get(k), config[k]) for k in IDENTITY_KEYS if saved.get(k) != config[k]}
+def resolve_train_split(settings: dict, tree: data.Tree) -> str:
+    """"auto" (the deeplabv3 recipe) is trainaug when the tree has SBD's list, else train."""
+    if settings["train_split"] != "auto":
+        return settings["train_split"]
+    return "trainaug" if (tree.splits_dir / "trainaug.txt").is_file() else "train"
+
+
+def schedule_length(settings: dict, num_train_images: int) -> tuple[int, int, int]:
+    """(steps per epoch, epochs, total optimizer steps): from --iterations when given (the last
+    epoch is cut short where the count ends), else from --epochs."""
+    steps = settings["steps_per_epoch"] or math.ceil(num_train_images / settings["batch_size"])
+    if settings["iterations"]:
+        steps = min(steps, settings["iterations"])
+        return steps, math.ceil(settings["iterations"] / steps), settings["iterations"]
+    return steps, settings["epochs"], steps * settings["epochs"]
+
+
+def datasets(settings: dict, tree: data.Tree, seed: int):
+    """(train, val): train repeats forever, val is one pass at input size."""
+    size = (settings["input_size"],) * 2
+    train = pipeline.tree_dataset(tree, settings["train_split"], settings["batch_size"], epochs=None, input_size=size,
+                                  resize_to_before_crop=(settings["resize_before_crop"],) * 2, augmentation=True,
+                                  shuffle=True, seed=seed, scale_range=settings["scale_range"])
+    val = pipeline.tree_dataset(tree, "val", settings["batch_size"], epochs=1, input_size=size)
+    return train, val
+
+
+def build_model(settings: dict, num_classes: int, total_steps: int = 1) -> tuple[keras.Model, keras.Model]:
+    """(model to train, single-output model for best.keras), fresh and compiled for these settings.
+
+    They are the same model unless --aux-loss adds the auxiliary head (model.training_model).
+    """
+    model = build_deeplabv3((None, None, 3), num_classes, backbone_weights=settings["backbone_weights"],
+                            output_stride=settings["output_stride"], backbone=settings["backbone"],
+                            multi_grid=(1, 2, 4) if settings["multi_grid"] else None,
+                            aspp_filters=settings["aspp_filters"], bn_momentum=settings["bn_momentum"])
+    trained = training_model(model) if settings["aux_loss"] else model
+    if settings["freeze_bn"]:
+        training.freeze_batch_norm(trained)
+    lr = training.learning_rate(settings["schedule"], settings["lr"], total_steps, settings["poly_power"],
+                                settings["warmup_steps"])
+    loss = losses.get_loss(settings["loss"], num_classes, settings["class_weights"],
+                           settings.get("dataset_class_weights"), settings["aux_loss"])
+    trained.compile(optimizer=training.make_optimizer(settings["optimizer"], lr, settings["momentum"],
+                                                      settings["weight_decay"]),
+                    loss=loss, metrics=metrics.segmentation_metrics(num_classes), jit_compile=settings["xla"])
+    return trained, model
+
+
+def check_same_run(run_dir: Path, saved: dict, settings: dict) -> None:
+    """Refuse to resume a run that was started with other settings or on other data."""
+    changed = config.changed_identity(saved, settings)
     if changed:
-        raise SystemExit(f"error: {run_dir} holds a run with other settings {changed} (saved, now); "
-                         f"pass another --run-dir, or --fresh to discard it")
+        shown = {k: v if k != "classes" else "(another class table)" for k, v in changed.items()}
+        raise config.ConfigError(f"{run_dir} holds a run with other settings {shown} (saved, now); "
+                                 f"pass another --run-dir, or --fresh to discard it")
 
 
 def main(args) -> dict:
-    config = resolve_config(args)
-    run_dir = Path(config["run_dir"])
-    print("configuration:\n" + json.dumps(config, indent=2), flush=True)
-    keras.utils.set_random_seed(config["seed"])
-    strategy = training.make_strategy(config["strategy"])
+    settings = resolve_config(args)
+    run_dir = Path(settings["run_dir"])
+    print("configuration:\n" + json.dumps(settings, indent=2), flush=True)
+    keras.utils.set_random_seed(settings["seed"])
+    strategy = training.make_strategy(settings["strategy"])
     chief = training.is_chief(strategy)
-    policy = training.set_precision(config["mixed_precision"])
+    policy = training.set_precision(settings["mixed_precision"])
     compute = policy.removeprefix("mixed_")
     print(f"strategy {type(strategy).__name__} over {strategy.num_replicas_in_sync} replica(s), precision {policy}, "
           f"CPU kernels {'oneDNN' if onednn_enabled() else 'Eigen (oneDNN off)'}, "
@@ -132,41 +154,81 @@ def main(args) -> dict:
         print("warning: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), so mixed bfloat16 is "
               "emulated: it trained 5.5x slower than float32 on an AVX2 CPU. Drop --mixed-precision here.")
 
-    if args.fresh and run_dir.exists() and chief:
-        shutil.rmtree(run_dir)
+    with training.RunLock(run_dir) if chief else contextlib.nullcontext():
+        return _train(args, settings, run_dir, strategy, chief)
 
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=config["lr_patience"],
-                                                  min_lr=1e-8)
-    early_stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config["early_stopping_patience"])
-    state = training.RunState(run_dir, reduce_lr, early_stop, write=chief)
+
+def _train(args, settings: dict, run_dir: Path, strategy, chief: bool) -> dict:
+    """The run itself, while the run directory is locked."""
+    if args.fresh and chief:
+        removed = training.discard_run(run_dir)
+        if removed:
+            print(f"--fresh: removed {', '.join(removed)} from {run_dir}")
+    plateau = training.Plateau(
+        "val_loss", factor=0.1, min_lr=1e-8,
+        # The chapter's ReduceLROnPlateau and EarlyStopping; a schedule's rate and length are fixed.
+        lr_patience=settings["lr_patience"] if settings["schedule"] == "plateau" else None,
+        stop_patience=settings["early_stopping_patience"] if settings["schedule"] == "plateau" else None)
+    state = training.RunState(run_dir, plateau, write=chief)
+    if chief:
+        state.clean()
     resumed = state.load()
+    saved = config.load_run_config(run_dir) if resumed else None
     if resumed:
-        check_same_run(run_dir, config)
-        if resumed["finished"] or resumed["epoch"] + 1 >= config["epochs"]:
-            print(f"run in {run_dir} already finished after epoch {resumed['epoch'] + 1}; best {training.MONITOR} "
-                  f"{resumed['best']:.4f}. Pass --fresh to train again, or more --epochs to continue.")
+        # Before any data is generated or read ("auto" resolves against the tree, checked below).
+        check_same_run(run_dir, saved, {k: v for k, v in settings.items() if v != "auto"})
+        if resumed["finished"] or (not settings["iterations"] and resumed["epoch"] + 1 >= settings["epochs"]):
+            why = resumed["plateau"].get("stopped")
+            print(f"run in {run_dir} already finished after epoch {resumed['epoch'] + 1}"
+                  + (f": stopped early, {why}" if why else "") + f"; best {training.MONITOR} {resumed['best']:.4f}. "
+                  + ("Pass --fresh to train again." if why or settings["iterations"]
+                     else "Pass --fresh to train again, or more --epochs to continue."))
             return {"history": state.history, "best": state.best, "initial_epoch": resumed["epoch"] + 1}
+
+    tree = data_tree(settings, progress=args.verbose > 0)
+    settings["train_split"] = resolve_train_split(settings, tree)
+    settings.update(describe_data(tree, settings["train_split"]))
+    steps, settings["epochs"], total_steps = schedule_length(settings, settings["num_train_images"])
+    if resumed:
+        check_same_run(run_dir, saved, settings)  # the data too: tree, classes, image counts
+        settings["dataset_class_weights"] = saved.get("dataset_class_weights")
         print(f"resuming {run_dir} after epoch {resumed['epoch'] + 1} (best {training.MONITOR} {resumed['best']:.4f})")
-    elif chief:
-        training.atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
-    voc_root = download_data.dataset_root(config["dataset"], config["data_dir"], config["num_train"],
-                                          config["num_val"], progress=args.verbose > 0)
+    print(f"data: {tree.root} ({tree.kind}, {tree.classes.num_classes} classes), {settings['num_train_images']} "
+          f"{settings['train_split']}, {settings['num_val_images']} val, {settings['num_test_images']} test images")
+    pixel_counts = pipeline.check_files(tree.pairs(settings["train_split"]), tree.classes, "training files",
+                                        progress=args.verbose > 0)
+    pipeline.check_files(tree.pairs("val"), tree.classes, "validation files", progress=args.verbose > 0)
+    if not resumed:
+        if settings["class_weights"] == "dataset":
+            settings["dataset_class_weights"] = losses.dataset_class_weights(pixel_counts)
+        if chief:
+            atomic.write_text(run_dir / config.RUN_CONFIG, json.dumps(settings, indent=2))
+
     initial_epoch = resumed["epoch"] + 1 if resumed else 0
     # A resumed run continues the augmentation stream elsewhere rather than replaying epoch 1's.
-    train_ds, val_ds, steps = datasets({**config, "seed": config["seed"] + initial_epoch}, voc_root)
-
+    train_ds, val_ds = datasets(settings, tree, seed=settings["seed"] + initial_epoch)
     with strategy.scope():
-        model = keras.models.load_model(state.last_path) if resumed else build_model(config)
-    model.jit_compile = config["xla"]  # not part of a saved model's compile config
-    callbacks = [reduce_lr, early_stop, state, training.EpochSummary(config["epochs"])]
+        if resumed:
+            trained = training.load_checkpoint(state.last_path)
+            model = inference_model(trained)
+        else:
+            trained, model = build_model(settings, tree.classes.num_classes, total_steps)
+    trained.jit_compile = settings["xla"]  # not part of a saved model's compile config
+    state.best_model = model
+    # --verbose 1: one line per epoch (EpochProgress); 2: Keras's own output; 0: nothing.
+    callbacks = [state] + ([training.EpochProgress(settings["epochs"], steps)] if args.verbose == 1 else [])
+    if settings["iterations"]:
+        callbacks.append(training.IterationLimit(settings["iterations"]))
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False))
-    model.fit(train_ds, validation_data=val_ds, epochs=config["epochs"], initial_epoch=initial_epoch,
-              steps_per_epoch=steps, callbacks=callbacks, verbose=args.verbose, shuffle=False)
+    trained.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], initial_epoch=initial_epoch,
+                steps_per_epoch=steps, callbacks=callbacks, verbose=2 if args.verbose == 2 else 0, shuffle=False)
 
     if state.diverged:
-        raise SystemExit(f"error: training stopped: {state.diverged}. The last good state is kept in "
-                         f"{state.last_path.parent}; try a lower --lr, or --fresh to start over.")
+        kept = (f"The last good state (epoch {state.history[-1]['epoch']}) is kept in {state.last_path.parent}"
+                if state.history else "No epoch finished, so nothing was kept")
+        raise SystemExit(f"error: training diverged: {state.diverged}. {kept}; try a lower --lr, or --fresh to "
+                         f"start over.")
     best_row = max(state.history, key=lambda r: r.get(training.MONITOR, -1.0)) if state.history else {}
     summary = ", ".join(f"{k} {best_row[k]:.4f}" for k in ("val_pixel_accuracy", "val_mean_accuracy",
                                                           "val_mean_iou") if k in best_row)
@@ -175,4 +237,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

@@ -93,3 +93,59 @@ def small_voc(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("voc") / "VOCdevkit" / "VOC2012"
     return synthetic.generate_voc_tree(root, num_train=12, num_val=8, seed=3, min_size=60,
                                        max_size=120, grayscale_every=5, progress=False)
+
+
+# CVAT's "Segmentation mask 1.1" label map, as CVAT writes it (header, name:r,g,b:parts:actions).
+CVAT_LABELMAP = """# label:color_rgb:parts:actions
+background:0,0,0::
+road:128,64,128::
+obstacle:250,170,30::
+person:220,20,60::
+ignore:255,255,255::
+"""
+
+
+def build_cvat_export(root: Path, n: int = 6, size=(24, 18), seed: int = 0, shapes: bool = False) -> dict:
+    """Write a CVAT export under `root`: labelmap.txt, PNG images (CVAT keeps the originals),
+    RGB masks in the label map's colours, one ImageSets/Segmentation/default.txt list.
+
+    shapes=False: random labels per pixel; True: a road band and a learnable obstacle and person.
+    Returns {id: (H, W) uint8 class indices, 255 where ignored}.
+    """
+    import numpy as np
+    from PIL import Image
+
+    import data
+
+    rng = np.random.default_rng(seed)
+    for sub in (data.IMAGES_DIR, data.MASKS_DIR, data.SPLITS_DIR):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / data.LABELMAP).write_text(CVAT_LABELMAP)
+    table = data.ClassTable.from_labelmap(root / data.LABELMAP)
+    colours = np.array(table.colours + table.ignore_colours, np.uint8)  # ignore last
+    w, h = size
+    masks = {}
+    for k in range(n):
+        if shapes:
+            mask = np.zeros((h, w), np.uint8)
+            mask[h // 2:] = 1  # road
+            x, y = rng.integers(0, w // 2), rng.integers(0, h // 2)
+            mask[y:y + h // 3, x:x + w // 3] = 2  # obstacle
+            mask[h // 2:h // 2 + h // 4, w - w // 4:] = 3  # person
+            image = np.array([[90, 90, 90], [60, 60, 200], [250, 170, 30], [220, 20, 60]], np.uint8)[mask]
+            image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+        else:
+            mask = rng.integers(0, table.num_classes, (h, w)).astype(np.uint8)
+            image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        mask[-1] = 255
+        rgb = colours[np.where(mask == 255, table.num_classes, mask)]
+        Image.fromarray(rgb).save(root / data.MASKS_DIR / f"frame_{k:03d}.png")
+        Image.fromarray(image).save(root / data.IMAGES_DIR / f"frame_{k:03d}.png")
+        masks[f"frame_{k:03d}"] = mask
+    (root / data.SPLITS_DIR / "default.txt").write_text("".join(f"{i}\n" for i in masks))
+    return masks
+
+
+@pytest.fixture
+def cvat_export():
+    return build_cvat_export

@@ -150,15 +150,40 @@ def test_metric_names_and_ignored_pixels():
         m.update_state(y, logits)
     assert int(ms[0].confusion_matrix().sum()) == 3  # the 255 pixel is not counted
     np.testing.assert_allclose([float(m.result()) for m in ms], [2 / 3, 0.5, (0 + 2 / 3) / 2], rtol=1e-6)
-    iou = ms[2].per_class_iou()
-    np.testing.assert_allclose(iou[:2], [0.0, 2 / 3])
-    assert np.isnan(iou[2:]).all()
 
 
-def test_scores_from_confusion_agrees_with_metrics():
-    cm = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
-    s = metrics.scores_from_confusion(cm)
-    np.testing.assert_allclose([s["pixel_accuracy"], s["mean_accuracy"], s["mean_iou"]], _np_scores(cm))
+def _np_confusion(labels, predictions, c):
+    """A loop over pixels: the reference for the one implementation."""
+    cm = np.zeros((c, c), np.int64)
+    for t, p in zip(np.ravel(labels), np.ravel(predictions)):
+        if 0 <= t < c:
+            cm[t, p] += 1
+    return cm
+
+
+def test_the_evaluation_confusion_matrix_streams_batches_and_reports_per_class():
+    rng = np.random.default_rng(9)
+    cm = metrics.ConfusionMatrix(C)
+    want = np.zeros((C, C), np.int64)
+    for shape in ((2, 5, 6), (1, 9, 4), (7, 3)):  # batches, and a single mask
+        labels = rng.integers(0, C - 1, shape)  # class C-1 never occurs in the ground truth
+        labels[rng.random(shape) < 0.2] = IGNORE_LABEL
+        predictions = rng.integers(0, C - 2, shape)  # ...and C-2, C-1 are never predicted
+        cm.update(labels, predictions)
+        want += _np_confusion(labels, predictions, C)
+    np.testing.assert_array_equal(cm.matrix, want)
+    result = cm.compute()
+    np.testing.assert_allclose([result[k] for k in metrics.SCORES], _np_scores(want))
+    tp = np.diag(want)
+    np.testing.assert_allclose(result["per_class_iou"][: C - 1], (tp / (want.sum(0) + want.sum(1) - tp))[: C - 1])
+    assert np.isnan(result["per_class_iou"][C - 1]) and np.isnan(result["per_class_accuracy"][C - 1])
+    names = [f"class{i}" for i in range(C)]
+    report = cm.report(names)
+    assert report["per_class_iou"]["class4"] is None and report["confusion_matrix"] == want.tolist()
+    table = cm.table(names)
+    assert table.count("\n") == C + 2 and "| class4 | n/a | n/a | 0 |" in table
+    cm.reset()
+    assert cm.matrix.sum() == 0 and cm.compute()["mean_iou"] == 0.0
 
 
 def test_confusion_matrix_compiles_with_xla():
@@ -167,5 +192,5 @@ def test_confusion_matrix_compiles_with_xla():
     labels[0, :2] = IGNORE_LABEL
     logits = rng.normal(size=(2, 7, 9, C)).astype("float32")
     compiled = tf.function(lambda y, p: metrics.confusion_matrix_update(y, p, C), jit_compile=True)
-    expected = metrics.confusion_from_masks(labels, logits.argmax(-1), C)
+    expected = _np_confusion(labels, logits.argmax(-1), C)
     np.testing.assert_array_equal(compiled(labels, logits).numpy(), expected)

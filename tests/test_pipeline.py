@@ -4,9 +4,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import data
 import pipeline
-import voc
+from data import ClassTable, DataError
 from voc import IGNORE_LABEL, PALETTE
+
+VOC = ClassTable.voc()
 
 STRIPE_CLASSES = [1, 5, 9, 13, 17]
 
@@ -24,17 +27,17 @@ def _stripes_mask(h, w):
 def coded_voc(tmp_path_factory):
     """A VOC tree whose image colours encode the mask's class (the palette colour)."""
     root = tmp_path_factory.mktemp("coded") / "VOC2012"
-    jpg_dir, seg_dir, sets = pipeline.voc_dirs(root)
+    jpg_dir, seg_dir, sets = root / data.IMAGES_DIR, root / data.MASKS_DIR, root / data.SPLITS_DIR
     for d in (jpg_dir, seg_dir, sets):
         d.mkdir(parents=True)
     ids = [f"img{i}" for i in range(6)]
     for i, image_id in enumerate(ids):
         mask = _stripes_mask(90 + 10 * i, 120 - 8 * i)
         Image.fromarray(PALETTE[mask]).save(jpg_dir / f"{image_id}.jpg", quality=100)
-        voc.save_mask(mask, seg_dir / f"{image_id}.png")
+        VOC.save_mask(mask, seg_dir / f"{image_id}.png")
     (sets / "train.txt").write_text("\n".join(ids[:4]) + "\n")
     (sets / "val.txt").write_text("\n".join(ids[4:]) + "\n")
-    return root
+    return data.resolve_tree(root)
 
 
 def _decode_class(image):
@@ -45,7 +48,7 @@ def _decode_class(image):
 
 
 def test_image_and_mask_stay_aligned_through_crop_resize_and_flip(coded_voc):
-    ds = pipeline.voc_dataset(coded_voc, "train", batch_size=4, epochs=6, input_size=(64, 64),
+    ds = pipeline.tree_dataset(coded_voc, "train", batch_size=4, epochs=6, input_size=(64, 64),
                               resize_to_before_crop=(100, 100), augmentation=True, color_jitter=False, seed=1)
     agreement = []
     for images, masks in ds:
@@ -55,7 +58,7 @@ def test_image_and_mask_stay_aligned_through_crop_resize_and_flip(coded_voc):
 
 
 def test_mask_values_are_preserved_exactly(coded_voc):
-    ds = pipeline.voc_dataset(coded_voc, "train", batch_size=2, epochs=4, input_size=(48, 56),
+    ds = pipeline.tree_dataset(coded_voc, "train", batch_size=2, epochs=4, input_size=(48, 56),
                               resize_to_before_crop=(100, 110), augmentation=True, seed=2)
     seen = set()
     for images, masks in ds:
@@ -69,7 +72,7 @@ def test_mask_values_are_preserved_exactly(coded_voc):
 
 
 def test_output_size_resizes_masks_with_nearest(coded_voc):
-    ds = pipeline.voc_dataset(coded_voc, "val", batch_size=1, input_size=(64, 64), output_size=(16, 16))
+    ds = pipeline.tree_dataset(coded_voc, "val", batch_size=1, input_size=(64, 64), output_size=(16, 16))
     _, masks = next(iter(ds))
     assert tuple(masks.shape) == (1, 16, 16)
     assert set(np.unique(masks.numpy())) <= set(STRIPE_CLASSES) | {IGNORE_LABEL}
@@ -77,7 +80,7 @@ def test_output_size_resizes_masks_with_nearest(coded_voc):
 
 @pytest.mark.parametrize("subset", ["val", "test"])
 def test_validation_and_test_batches_are_identical_on_two_passes(small_voc, subset):
-    ds = pipeline.voc_dataset(small_voc, subset, batch_size=2, input_size=(64, 64))
+    ds = pipeline.tree_dataset(data.resolve_tree(small_voc), subset, batch_size=2, input_size=(64, 64))
     first = [(x.numpy(), y.numpy()) for x, y in ds]
     second = [(x.numpy(), y.numpy()) for x, y in ds]
     assert len(first) == 2
@@ -87,40 +90,31 @@ def test_validation_and_test_batches_are_identical_on_two_passes(small_voc, subs
 
 
 def test_original_resolution_mode_keeps_each_size(small_voc):
-    ds = pipeline.voc_dataset(small_voc, "test", batch_size=1, input_size=None)
-    _, seg_dir, sets = pipeline.voc_dirs(small_voc)
-    ids = pipeline.split_ids(sets, "test")
-    for (x, y), image_id in zip(ds, ids):
-        h, w = np.asarray(Image.open(seg_dir / f"{image_id}.png")).shape
+    tree = data.resolve_tree(small_voc)
+    ds = pipeline.tree_dataset(tree, "test", batch_size=1, input_size=None)
+    for (x, y), (_, png) in zip(ds, tree.pairs("test")):
+        h, w = np.asarray(Image.open(png)).shape
         assert tuple(x.shape) == (1, h, w, 3) and tuple(y.shape) == (1, h, w)
     with pytest.raises(ValueError, match="batch_size=1"):
-        pipeline.voc_dataset(small_voc, "test", batch_size=2, input_size=None)
+        pipeline.tree_dataset(tree, "test", batch_size=2, input_size=None)
 
 
-def test_split_is_deterministic_disjoint_and_covers_val(small_voc):
-    _, _, sets = pipeline.voc_dirs(small_voc)
-    val, test = pipeline.split_ids(sets, "val"), pipeline.split_ids(sets, "test")
-    assert val == pipeline.split_ids(sets, "validation") and test == pipeline.split_ids(sets, "test_set")
-    assert not set(val) & set(test)
-    listed = (sets / "val.txt").read_text().split()
-    assert sorted(val + test) == sorted(listed) and len(val) == len(listed) // 2
-    assert val + test != listed  # shuffled, not just cut in half
-    pairs = list(pipeline.get_subset_filenames("J", "S", sets, "train"))
-    assert pairs[0] == (f"J/{pairs[0][0][2:-4]}.jpg", f"S/{pairs[0][0][2:-4]}.png")
-    with pytest.raises(ValueError, match="trial"):
-        pipeline.split_ids(sets, "trial")
+def test_the_chapter_filename_api_follows_the_split(small_voc):
+    tree = data.resolve_tree(small_voc)
+    pairs = list(pipeline.get_subset_filenames("J", "S", tree.splits_dir, "test"))
+    assert pairs == [(f"J/{i}.jpg", f"S/{i}.png") for i in tree.ids("test")]
 
 
 def test_augmentation_without_resize_before_crop_is_an_error(small_voc):
     with pytest.raises(ValueError, match="resize_to_before_crop"):
-        pipeline.voc_dataset(small_voc, "train", batch_size=2, input_size=(64, 64), augmentation=True)
+        pipeline.tree_dataset(data.resolve_tree(small_voc), "train", batch_size=2, input_size=(64, 64), augmentation=True)
 
 
 @pytest.mark.parametrize("mode", ["L", "CMYK"])
 def test_grayscale_and_cmyk_jpegs_give_three_channels(tmp_path, mode):
     jpg, png = tmp_path / "a.jpg", tmp_path / "a.png"
     Image.new(mode, (30, 20), 100 if mode == "L" else (10, 200, 30, 0)).save(jpg)
-    voc.save_mask(np.zeros((20, 30), np.uint8), png)
+    VOC.save_mask(np.zeros((20, 30), np.uint8), png)
     assert Image.open(jpg).mode == mode
     ds = pipeline.get_subset_tf_dataset([(str(jpg), str(png))], 1, 1, input_size=(16, 16))
     x, _ = next(iter(ds))
@@ -134,7 +128,7 @@ def _pair(tmp_path, mask_value=0, truncate=False):
         jpg.write_bytes(jpg.read_bytes()[:300])
     mask = np.zeros((40, 40), np.uint8)
     mask[5, 5] = mask_value
-    voc.save_mask(mask, png)
+    VOC.save_mask(mask, png)
     return str(jpg), str(png)
 
 
@@ -144,8 +138,8 @@ def _iterate(pairs):
 
 
 def test_bad_mask_value_names_the_file(tmp_path):
-    jpg, png = _pair(tmp_path, mask_value=50)
-    with pytest.raises(tf.errors.OpError, match=r"bad\.png.*\[50\]"):
+    jpg, png = _pair(tmp_path, mask_value=50)  # palette index 50: a VOC palette colour of no class
+    with pytest.raises(tf.errors.OpError, match=r"bad\.png.*\(0, 192, 64\) on 1 pixels"):
         _iterate([(jpg, png)])
 
 
@@ -157,5 +151,5 @@ def test_truncated_jpeg_names_the_file(tmp_path):
 
 def test_missing_file_names_the_file(tmp_path):
     jpg, png = _pair(tmp_path)
-    with pytest.raises(FileNotFoundError, match="nothere.png"):
+    with pytest.raises(DataError, match="nothere.png"):
         _iterate([(jpg, png), (jpg, str(tmp_path / "nothere.png"))])
