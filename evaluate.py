@@ -1,10 +1,12 @@
-"""Score a trained model on the held-out test split and draw what it does.
+"""Score a trained model on a held-out split of its run's data and draw what it does.
 
     python evaluate.py                              # eval/deeplabv3/best.keras on the test split
-    python evaluate.py --run-dir eval/demo          # the demo's model on synthetic data
+    python evaluate.py --run-dir eval/demo          # the demo's model on its synthetic data
+    python evaluate.py --subset full-val            # all of VOC val: the protocol published numbers use
     python evaluate.py --tta flip --scales 0.75,1,1.25
 
-The test split is the second half of the shuffled VOC val list (pipeline.split_ids); by
+The data and classes are the run's own (its config.json); nothing is downloaded or generated.
+The test split is the second half of the shuffled validation list (data.subset_ids); by
 default each image is scored at its original resolution. Writes metrics.json, a per-class
 Markdown table, a confusion-matrix figure, a prediction grid and training curves to --out-dir.
 """
@@ -12,100 +14,96 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
+import runtime
 
-import download_data
-import figures
-import metrics
-import pipeline
-import prediction
-from voc import CLASS_NAMES, NUM_CLASSES
+runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see runtime.py)
+
+from tqdm import tqdm  # noqa: E402
+
+import atomic  # noqa: E402
+import cli  # noqa: E402
+import config  # noqa: E402
+import data  # noqa: E402
+import figures  # noqa: E402
+import metrics  # noqa: E402
+import pipeline  # noqa: E402
+import prediction  # noqa: E402
+from model import with_output_stride  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-dir", default="eval/deeplabv3", help="the training run (its config.json sets defaults)")
+    p.add_argument("--run-dir", default=config.TRAIN["run_dir"].default, help="the training run (its config.json "
+                   "says which data and classes)")
     p.add_argument("--model", help="model file (default RUN_DIR/best.keras)")
-    p.add_argument("--data-dir", help="data folder (default: the run's)")
-    p.add_argument("--dataset", choices=("voc", "synthetic"), help="default: the run's")
-    p.add_argument("--subset", default="test", help="test (default), val or train")
+    p.add_argument("--data-dir", help="where the run's data tree is now, if it moved (default: the run's)")
+    p.add_argument("--subset", default="test", choices=data.SUBSETS,
+                   help="test (default), val, full-val (all of the validation list) or train")
     p.add_argument("--resolution", choices=("original", "input"), default="original",
                    help="original: each image at its own size; input: resized to the training input size")
     p.add_argument("--input-size", type=int, help="size for --resolution input (default: the run's)")
     p.add_argument("--batch-size", type=int, default=8, help="batch size for --resolution input")
-    p.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")
-    p.add_argument("--scales", default="1", help="comma-separated input scales to average, e.g. 0.75,1,1.25")
-    p.add_argument("--num-figures", type=int, default=6, help="test images in the prediction figure")
+    p.add_argument("--output-stride", type=int, choices=(8, 16), help="evaluate a ResNet-50 model at this output "
+                   "stride (default: the one it was trained at); 8 on a model trained at 16 is the paper's protocol")
+    config.add_arguments(p, config.INFERENCE)
+    p.add_argument("--num-figures", type=int, default=6, help="images in the prediction figure")
     p.add_argument("--out-dir", help="where reports go (default RUN_DIR)")
+    cli.add_debug_flag(p)
     return p.parse_args(argv)
 
 
-def resolve(args) -> dict:
-    """Flags win; then the run's config.json; then plain defaults."""
-    run_dir = Path(args.run_dir)
-    saved = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    return {"run_dir": run_dir, "model": Path(args.model or run_dir / "best.keras"),
-            "data_dir": args.data_dir or saved.get("data_dir", "data"),
-            "dataset": args.dataset or saved.get("dataset", "voc"),
-            "num_train": saved.get("num_train", 200), "num_val": saved.get("num_val", 100),
-            "input_size": args.input_size or saved.get("input_size", 384),
-            "out_dir": Path(args.out_dir or run_dir)}
-
-
-def per_class_table(scores: dict, cm: np.ndarray) -> str:
-    """Markdown: class, IoU, accuracy (recall), ground-truth pixels."""
-    lines = ["| class | IoU | accuracy | pixels |", "| --- | ---: | ---: | ---: |"]
-    for c, name in enumerate(CLASS_NAMES):
-        iou, acc = scores["per_class_iou"][c], scores["per_class_accuracy"][c]
-        fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.4f}"  # noqa: E731
-        lines.append(f"| {name} | {fmt(iou)} | {fmt(acc)} | {int(cm[c].sum())} |")
-    return "\n".join(lines) + "\n"
-
-
 def main(args) -> dict:
-    cfg = resolve(args)
-    scales = [float(s) for s in args.scales.split(",")]
-    voc_root = download_data.dataset_root(cfg["dataset"], cfg["data_dir"], cfg["num_train"], cfg["num_val"])
-    model = prediction.load_model(cfg["model"])
-    predictor = prediction.Predictor(model, flip=args.tta == "flip", scales=scales)
-    original = args.resolution == "original"
-    ds = pipeline.voc_dataset(voc_root, args.subset, 1 if original else args.batch_size,
-                              input_size=None if original else (cfg["input_size"],) * 2)
-    n_images = pipeline.subset_size(voc_root, args.subset)
+    run_dir = Path(args.run_dir)
+    saved = config.load_run_config(run_dir)
+    tree = data.tree_from_config(saved, args.data_dir)
+    classes = tree.classes
+    model_path = Path(args.model or run_dir / "best.keras")
+    out = Path(args.out_dir or run_dir)
+    inference = config.resolve(args, config.INFERENCE)
+    input_size = args.input_size or saved.get("input_size", config.TRAIN["input_size"].default)
 
-    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)  # one matrix for the whole subset
+    model = prediction.load_model(model_path)
+    prediction.check_classes(model, classes, model_path)
+    trained_stride = saved.get("output_stride", config.TRAIN["output_stride"].default)
+    output_stride = args.output_stride or trained_stride
+    if output_stride != trained_stride:
+        model = with_output_stride(model, output_stride)
+        print(f"evaluating at output stride {output_stride} (trained at {trained_stride}), same weights")
+    predictor = prediction.Predictor(model, **config.predictor_options(inference))
+    pairs = tree.pairs(args.subset)
+    pipeline.check_files(pairs, classes, f"{args.subset} files")
+    original = args.resolution == "original"
+    ds = pipeline.get_subset_tf_dataset(pairs, 1 if original else args.batch_size, 1, classes=classes,
+                                        input_size=None if original else (input_size,) * 2)
+
+    cm = metrics.ConfusionMatrix(classes.num_classes)  # one matrix for the whole subset
     examples = []
-    with tqdm(total=n_images, desc=f"evaluate {args.subset}", unit="img") as bar:
+    with tqdm(total=len(pairs), desc=f"evaluate {args.subset}", unit="img") as bar:
         for images, labels in ds:
             preds = predictor.masks(images)
             labels = labels.numpy()
-            cm += metrics.confusion_from_masks(labels, preds, NUM_CLASSES)
+            cm.update(labels, preds)
             for i in range(len(preds)):
                 if len(examples) < args.num_figures:
                     examples.append((images[i].numpy(), labels[i], preds[i]))
             bar.update(len(preds))
 
-    scores = metrics.scores_from_confusion(cm)
-    nan_to_none = lambda v: None if math.isnan(v) else float(v)  # noqa: E731
-    report = {"pixel_accuracy": scores["pixel_accuracy"], "mean_accuracy": scores["mean_accuracy"],
-              "mean_iou": scores["mean_iou"],
-              "per_class_iou": {n: nan_to_none(v) for n, v in zip(CLASS_NAMES, scores["per_class_iou"])},
-              "per_class_accuracy": {n: nan_to_none(v) for n, v in zip(CLASS_NAMES, scores["per_class_accuracy"])},
-              "num_images": n_images, "subset": args.subset, "resolution": args.resolution,
-              "tta": args.tta, "scales": scales, "model": str(cfg["model"]), "confusion_matrix": cm.tolist()}
-    out = cfg["out_dir"]
+    report = {**cm.report(classes.names), "num_images": len(pairs), "subset": args.subset,
+              "resolution": args.resolution, **inference, "output_stride": output_stride,
+              "trained_output_stride": trained_stride, "slid_images": predictor.slid, "model": str(model_path),
+              "data_root": str(tree.root), "classes": list(classes.names)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = per_class_table(scores, cm)
-    (out / "per_class_iou.md").write_text(table)
-    figures.confusion_matrix_figure(cm, out / "confusion_matrix.png")
-    figures.prediction_grid(examples, out / "predictions.png")
-    figures.training_curves(cfg["run_dir"] / "log.csv", out / "training_curves.png")
-    print(f"{args.subset}: {n_images} images at {args.resolution} resolution  pixel accuracy "
+    atomic.write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    table = cm.table(classes.names)
+    atomic.write_text(out / "per_class_iou.md", table)
+    figures.confusion_matrix_figure(cm.matrix, out / "confusion_matrix.png", classes.names)
+    figures.prediction_grid(examples, out / "predictions.png", classes)
+    figures.training_curves(run_dir / "log.csv", out / "training_curves.png")
+    if predictor.slid:
+        print(f"{predictor.slid} image(s) were run in {inference['crop_size']} px windows")
+    print(f"{args.subset}: {len(pairs)} images at {args.resolution} resolution  pixel accuracy "
           f"{report['pixel_accuracy']:.4f}  mean accuracy {report['mean_accuracy']:.4f}  mean IoU {report['mean_iou']:.4f}")
     print(table)
     print(f"reports written to {out}")
@@ -113,4 +111,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

@@ -1,30 +1,35 @@
 """Export a trained model for the vehicle: SavedModel and TFLite (float32, float16, int8), checked.
 
-    python export.py --model eval/deeplabv3/best.keras --size 384 --out-dir eval/deeplabv3/export
+    python export.py --run-dir eval/deeplabv3 --size 384      # best.keras -> eval/deeplabv3/export/
 
 Writes `saved_model/` (any input size) and `model_float32.tflite`, `model_float16.tflite`,
-`model_int8.tflite` (dynamic-range int8 weights) for a fixed (1, size, size, 3) input, then
-runs Keras and every export on real test images and reports the fraction of pixels whose
-predicted class agrees (`parity.json`). float32 and float16 must agree on at least 99.9% of
+`model_int8.tflite` (dynamic-range int8 weights) for a fixed (1, size, size, 3) input, and
+`classes.json` (the class table, which predict.py reads), then runs Keras and every export on
+the run's own test images (its config.json; nothing is downloaded or generated) and reports
+the fraction of pixels whose predicted class agrees (`parity.json`). float32 and float16 must agree on at least 99.9% of
 pixels, or the command fails; int8 is reported.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
-import keras
-import numpy as np
-import tensorflow as tf
+import runtime
 
-import download_data
-import pipeline
-import prediction
-import training
+runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see runtime.py)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import atomic  # noqa: E402
+import cli  # noqa: E402
+import config  # noqa: E402
+import data  # noqa: E402
+import pipeline  # noqa: E402
+import prediction  # noqa: E402
 
 TFLITE_KINDS = ("float32", "float16", "int8")
 PARITY_FLOOR = 0.999  # float32 and float16
@@ -63,19 +68,10 @@ def tflite_bytes(model, size: int, kind: str) -> bytes:
 
 
 def export_saved_model(model, path: Path) -> None:
-    """A TensorFlow SavedModel whose serving signature takes any image size.
-
-    Written into a temporary sibling folder and renamed into place when complete.
-    """
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    """A TensorFlow SavedModel whose serving signature takes any image size, written into a
+    temporary folder and swapped into place when complete."""
+    with atomic.folder(path, replace=True) as tmp:
         write_serving_archive(model, tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def parity(reference: prediction.Predictor, candidate: prediction.Predictor, images: list[np.ndarray]) -> float:
@@ -90,40 +86,51 @@ def parity(reference: prediction.Predictor, candidate: prediction.Predictor, ima
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a .keras model from train.py")
+    p.add_argument("--run-dir", default=config.TRAIN["run_dir"].default,
+                   help="the training run: its best.keras, data and classes")
+    p.add_argument("--model", help="a .keras model (default RUN_DIR/best.keras)")
     p.add_argument("--out-dir", help="default: an export/ folder beside the model")
     p.add_argument("--size", type=int, default=384, help="square input size of the TFLite models")
     p.add_argument("--formats", default="savedmodel," + ",".join(TFLITE_KINDS),
                    help="comma-separated: savedmodel, float32, float16, int8")
-    p.add_argument("--dataset", choices=("voc", "synthetic"), default="voc", help="where the parity images come from")
-    p.add_argument("--data-dir", default="data")
+    p.add_argument("--data-dir", help="where the run's data tree is now, if it moved (default: the run's)")
     p.add_argument("--parity-images", type=int, default=20, help="test images for the parity check")
+    cli.add_debug_flag(p)
     return p.parse_args(argv)
 
 
 def main(args) -> dict:
-    model_path = Path(args.model)
+    run_dir = Path(args.run_dir)
+    model_path = Path(args.model or run_dir / "best.keras")
     out = Path(args.out_dir or model_path.parent / "export")
-    out.mkdir(parents=True, exist_ok=True)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     unknown = set(formats) - {"savedmodel", *TFLITE_KINDS}
     if unknown:
-        raise SystemExit(f"error: unknown formats {sorted(unknown)}")
+        raise config.ConfigError(f"unknown formats {sorted(unknown)}; choose from savedmodel, {', '.join(TFLITE_KINDS)}")
+    saved = config.load_run_config(run_dir)
+    stride = saved.get("output_stride", config.TRAIN["output_stride"].default)
+    if args.size <= 0 or args.size % stride:
+        raise config.ConfigError(f"--size {args.size}: the export size must be a positive multiple of the model's "
+                                 f"output stride {stride}, e.g. {max(stride, args.size // stride * stride)}")
+    tree = data.tree_from_config(saved, args.data_dir)
     model = prediction.load_model(model_path)
+    prediction.check_classes(model, tree.classes, model_path)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(out / prediction.CLASSES_FILE, json.dumps(tree.classes.to_json(), indent=2))
     report = {"model": str(model_path), "size": args.size, "files": {}, "argmax_agreement": {}}
     if "savedmodel" in formats:
         export_saved_model(model, out / "saved_model")
         report["files"]["savedmodel"] = str(out / "saved_model")
     for kind in (k for k in TFLITE_KINDS if k in formats):
         path = out / f"model_{kind}.tflite"
-        training.atomic_write_bytes(path, tflite_bytes(model, args.size, kind))
+        atomic.write_bytes(path, tflite_bytes(model, args.size, kind))
         report["files"][kind] = str(path)
         report[f"{kind}_megabytes"] = round(path.stat().st_size / 2 ** 20, 2)
 
-    # Parity on real test images, all at the export size, so Keras sees what TFLite sees.
-    voc_root = download_data.dataset_root(args.dataset, args.data_dir, progress=False)
-    ds = pipeline.voc_dataset(voc_root, "test", 1, input_size=(args.size, args.size))
-    images = [x[0].numpy() for x, _ in ds.take(args.parity_images)]
+    # Parity on the run's test images, all at the export size, so Keras sees what TFLite sees.
+    pairs = tree.pairs("test")[: args.parity_images]
+    ds = pipeline.get_subset_tf_dataset(pairs, 1, 1, input_size=(args.size, args.size), classes=tree.classes)
+    images = [x[0].numpy() for x, _ in ds]
     keras_predictor = prediction.Predictor(model)
     for kind in (k for k in TFLITE_KINDS if k in formats):
         agreement = parity(keras_predictor, prediction.Predictor(prediction.load_model(report["files"][kind])), images)
@@ -132,7 +139,7 @@ def main(args) -> dict:
         served = prediction.load_model(out / "saved_model")
         report["argmax_agreement"]["savedmodel"] = parity(keras_predictor, prediction.Predictor(served), images)
     report["parity_images"] = len(images)
-    (out / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic.write_text(out / "parity.json", json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     failing = {k: v for k, v in report["argmax_agreement"].items() if k != "int8" and v < PARITY_FLOOR}
     if failing:
@@ -141,4 +148,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.run(main, parse_args)

@@ -6,6 +6,7 @@ augmentation averages softmax probabilities over horizontal flips and scales.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,6 +19,14 @@ from PIL import Image
 import losses  # noqa: F401
 import metrics  # noqa: F401
 import model as _model  # noqa: F401
+from data import ClassTable, classes_from_json_file
+from errors import KitError
+
+CLASSES_FILE = "classes.json"  # written beside exported models: their class table
+
+
+class ModelFileError(KitError, ValueError):
+    """A model path that is missing or holds no model we can load."""
 
 
 class TFLiteModel:
@@ -35,6 +44,7 @@ class TFLiteModel:
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self.input_shape = tuple(int(d) for d in self._input["shape"])  # (1, H, W, 3)
+        self.output_shape = tuple(int(d) for d in self._output["shape"])  # (1, H, W, C)
 
     def __call__(self, images, training=False):
         outputs = []
@@ -53,41 +63,121 @@ class SavedModel:
     def __init__(self, path: str | Path):
         self._loaded = tf.saved_model.load(str(path))
         self.input_shape = (None, None, None, 3)
+        spec = self._loaded.serve.concrete_functions[0].structured_outputs  # (B, H, W, C) logits
+        self.output_shape = tuple(spec.shape)
 
     def __call__(self, images, training=False):
         return self._loaded.serve(images)
 
 
 def load_model(path: str | Path):
-    """A `.keras` model (loaded with safe_mode), a `.tflite` file or a SavedModel folder."""
+    """A `.keras` model (loaded with safe_mode), a `.tflite` file or a SavedModel folder.
+
+    Raises ModelFileError naming the path when there is no model there or it cannot be read.
+    """
     path = Path(path)
-    if path.is_dir() and (path / "saved_model.pb").is_file():
-        return SavedModel(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model at {path}; train one first (python train.py) or pass --model")
-    if path.suffix == ".tflite":
-        return TFLiteModel(path)
-    if path.suffix != ".keras":
-        raise ValueError(f"{path}: expected a .keras or .tflite file, or a SavedModel folder")
-    return keras.models.load_model(path, compile=False, safe_mode=True)
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise ModelFileError(f"{path} is a folder without saved_model.pb: not a SavedModel from export.py")
+        loader = SavedModel
+    elif not path.is_file():
+        raise ModelFileError(f"no model at {path}; train one first (python train.py) or pass --model")
+    elif path.suffix == ".tflite":
+        loader = TFLiteModel
+    elif path.suffix == ".keras":
+        loader = lambda p: keras.models.load_model(p, compile=False, safe_mode=True)  # noqa: E731
+    else:
+        raise ModelFileError(f"{path}: expected a .keras or .tflite file, or a SavedModel folder")
+    try:
+        return loader(path)
+    except Exception as err:  # a truncated, foreign or corrupt file: Keras and TFLite raise many types
+        raise ModelFileError(f"{path} cannot be loaded as a model ({type(err).__name__}: {str(err)[:300]}); "
+                             f"is it complete, and written by train.py or export.py?") from err
+
+
+def num_classes_of(model) -> int:
+    """The number of classes a loaded model predicts (its logits' last axis)."""
+    return int(model.output_shape[-1])
+
+
+def check_classes(model, classes: ClassTable, path) -> None:
+    """ModelFileError if the model and the class table disagree on the number of classes."""
+    if num_classes_of(model) != classes.num_classes:
+        raise ModelFileError(f"{path} predicts {num_classes_of(model)} classes but the data has "
+                             f"{classes.num_classes} ({', '.join(classes.names[:6])}...)")
+
+
+def classes_for_model(path: str | Path, model=None, labelmap: str | Path | None = None) -> ClassTable:
+    """The class table of a model file: `labelmap` if given; else classes.json beside it (exports);
+    else the config.json of its run (beside it, or one or two folders up: state/, export/);
+    else VOC's, if the model predicts 21 classes."""
+    path = Path(path)
+    if labelmap:
+        return ClassTable.from_labelmap(labelmap)
+    folder = path if path.is_dir() else path.parent
+    if (folder / CLASSES_FILE).is_file():
+        return classes_from_json_file(folder / CLASSES_FILE)
+    for run_dir in (folder, folder.parent, folder.parent.parent):
+        run_config = run_dir / "config.json"
+        if run_config.is_file():
+            try:
+                saved = json.loads(run_config.read_text())
+            except ValueError:
+                continue
+            if isinstance(saved, dict) and "classes" in saved:
+                return ClassTable.from_json(saved["classes"])
+    voc = ClassTable.voc()
+    if model is None or num_classes_of(model) == voc.num_classes:
+        return voc
+    raise ModelFileError(f"{path} predicts {num_classes_of(model)} classes and no classes.json or run config.json "
+                         f"says which: pass --labelmap FILE")
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """(H, W, 3) float32 RGB in [0, 255] from any image file PIL reads (grayscale included)."""
+    """(H, W, 3) float32 RGB in [0, 255] from any image file PIL reads.
+
+    Grayscale and palettized images become RGB; 16-bit images (PIL modes I;16 and I) are
+    scaled to 8 bits rather than clipped, which would turn them white.
+    """
     with Image.open(path) as im:
+        if im.mode.startswith("I;16") or im.mode == "I":
+            grey = np.asarray(im, dtype=np.float32) / 257.0  # 65535 -> 255
+            return np.repeat(np.clip(grey, 0.0, 255.0)[..., None], 3, axis=-1)
         return np.asarray(im.convert("RGB"), dtype=np.float32)
 
 
-class Predictor:
-    """Softmax probabilities and masks from a Keras model, at each input's own size.
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Starts of windows of `window` pixels every `stride` that cover 0..size, the last flush
+    with the end (one window at 0 when the image is no larger than it)."""
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window + 1, stride))
+    return starts if starts[-1] == size - window else starts + [size - window]
 
-    Args:
-        flip: also predict the mirrored image and average.
-        scales: input scale factors to average over (1.0 alone: no multi-scale).
+
+class Predictor:
+    """Softmax probabilities and masks from a model, at each input's own size.
+
+    Test-time augmentation averages the *probabilities* (not logits or votes) of every view,
+    each resized back to the input's size: `scales` resizes the input by each factor, `flip`
+    adds each view mirrored (and mirrors its probabilities back).
+
+    mode "whole" runs the model on the whole image; "slide" runs it on crop_size windows every
+    `stride` pixels and sums their probabilities where they overlap, keeping only one band of
+    rows in memory (crop_size x W x C floats), so a 6000x4000 photo needs about 0.3 GB of
+    accumulator rather than the whole (H, W, C) map; "auto" slides only images larger than
+    max_pixels. Sliding gives masks (argmax), not probability maps.
     """
 
-    def __init__(self, model, flip: bool = False, scales=(1.0,)):
+    def __init__(self, model, flip: bool = False, scales=(1.0,), mode: str = "whole", crop_size: int = 513,
+                 stride: int = 341, max_pixels: int = 2048 * 2048):
+        if mode not in ("whole", "slide", "auto"):
+            raise ValueError(f"unknown inference mode {mode!r}; choose whole, slide or auto")
+        if not 0 < stride <= crop_size:
+            raise ValueError(f"the sliding stride must be between 1 and the crop size {crop_size}, got {stride}")
         self.model, self.flip, self.scales = model, flip, tuple(float(s) for s in scales)
+        self.mode, self.crop_size, self.stride, self.max_pixels = mode, int(crop_size), int(stride), int(max_pixels)
+        self.slid = 0  # images run window by window so far
         fixed = model.input_shape[1:3]
         self.fixed_size = tuple(fixed) if None not in fixed else None
         self._probabilities = self._probabilities_graph
@@ -120,9 +210,43 @@ class Predictor:
         return total / (len(self.scales) * (2 if self.flip else 1))
 
     def probabilities(self, images) -> tf.Tensor:
-        """(B, H, W, 3) float32 images -> (B, H, W, C) float32 class probabilities."""
+        """(B, H, W, 3) float32 images -> (B, H, W, C) float32 class probabilities (whole images)."""
         return self._probabilities(tf.convert_to_tensor(images, tf.float32))
+
+    def _slides(self, height: int, width: int) -> bool:
+        big = height > self.crop_size or width > self.crop_size
+        return big and (self.mode == "slide" or (self.mode == "auto" and height * width > self.max_pixels))
 
     def masks(self, images) -> np.ndarray:
         """(B, H, W, 3) float32 images -> (B, H, W) uint8 class indices."""
+        images = np.asarray(images, dtype=np.float32)
+        if self._slides(*images.shape[1:3]):
+            self.slid += len(images)
+            return np.stack([self._slide_mask(image) for image in images])
         return tf.argmax(self.probabilities(images), axis=-1, output_type=tf.int32).numpy().astype(np.uint8)
+
+    def _slide_mask(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) -> (H, W) uint8 by overlapping windows, one band of rows at a time.
+
+        Rows above the next band's first window row get no more windows, so their summed
+        probabilities are final: take their argmax and drop them from the accumulator.
+        """
+        height, width = image.shape[:2]
+        rows = window_starts(height, self.crop_size, self.stride)
+        cols = window_starts(width, self.crop_size, self.stride)
+        out = np.zeros((height, width), np.uint8)
+        top, acc = 0, None  # acc: (rows from `top`, W, C) summed probabilities
+        for i, r in enumerate(rows):
+            bottom = min(r + self.crop_size, height)
+            for c in cols:
+                right = min(c + self.crop_size, width)
+                p = self.probabilities(image[None, r:bottom, c:right])[0].numpy()  # (h, w, C)
+                if acc is None:
+                    acc = np.zeros((0, width, p.shape[-1]), np.float32)
+                if bottom - top > len(acc):
+                    acc = np.concatenate([acc, np.zeros((bottom - top - len(acc), width, p.shape[-1]), np.float32)])
+                acc[r - top:bottom - top, c:right] += p
+            final = (rows[i + 1] if i + 1 < len(rows) else height) - top
+            out[top:top + final] = acc[:final].argmax(axis=-1)
+            acc, top = acc[final:], top + final
+        return out

@@ -1,7 +1,7 @@
 """Settings TensorFlow reads once, when it loads: entry points call these before importing it.
 
     import runtime
-    runtime.prefer_onednn()  # train.py, first thing
+    runtime.start(onednn=True)  # train.py, first thing: oneDNN on x86, a quiet TensorFlow
 
 TensorFlow decides when its library loads whether its CPU kernels go through oneDNN
 (TF_ENABLE_ONEDNN_OPTS; unset means "on" only for x86 CPUs with AVX-512-class features), so
@@ -38,6 +38,36 @@ def prefer_onednn() -> bool:
     if platform.machine().lower() in X86:
         os.environ.setdefault(ONEDNN_ENV, "1")
     return True
+
+
+def start(onednn: bool = False, debug: bool | None = None) -> None:
+    """Load TensorFlow and Keras as an entry point wants them, before anything else imports them.
+
+    onednn: prefer_onednn() (train.py). Unless `debug` (default: --debug on the command line or
+    DEEPLAB_DEBUG set), TensorFlow's start-up log is hidden: the lines its C++ side writes
+    while it loads (a CPU machine's "Could not find cuda drivers", the oneDNN notice) go to
+    /dev/null, and TF_CPP_MIN_LOG_LEVEL=3 (unless set) drops its later info, warnings and
+    logged errors such as cuInit's on a machine without a GPU. Python exceptions are unaffected.
+    """
+    if onednn:
+        prefer_onednn()
+    if debug is None:
+        import cli
+
+        debug = cli.debugging()
+    if debug or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401 (loads TensorFlow, and Keras's own start-up lines)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @functools.lru_cache(maxsize=1)

@@ -31,8 +31,8 @@ train.main(train.parse_args(["--dataset", "synthetic", "--data-dir", data_dir, "
     "--backbone", "resnet50", "--backbone-weights", "none", "--aspp-filters", "16", "--epochs", "1",
     "--steps-per-epoch", "2", "--verbose", "0"]))
 report = evaluate.main(evaluate.parse_args(["--run-dir", run_dir, "--out-dir", out + "/eval", "--num-figures", "1"]))
-parity = export.main(export.parse_args(["--model", run_dir + "/best.keras", "--out-dir", out + "/export",
-    "--size", "64", "--dataset", "synthetic", "--data-dir", data_dir, "--parity-images", "2", "--formats", "savedmodel"]))
+parity = export.main(export.parse_args(["--run-dir", run_dir, "--out-dir", out + "/export", "--size", "64",
+    "--parity-images", "2", "--formats", "savedmodel"]))
 loaded = keras.models.load_model(run_dir + "/best.keras", safe_mode=True)
 x = np.random.default_rng(0).uniform(0, 255, (1, 64, 80, 3)).astype("float32")
 np.save(out + "/logits.npy", np.asarray(loaded(x, training=False)))
@@ -44,7 +44,7 @@ print(json.dumps({{"onednn": model.onednn_enabled(), "kernel": model.dilated_con
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    download_data.ensure_synthetic(d, 12, 8, progress=False)
+    download_data.ensure_synthetic(d, 12, 8, progress=False, min_size=64, max_size=128)
     return d
 
 
