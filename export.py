@@ -1,87 +1,40 @@
 """Export a trained model for the vehicle: SavedModel and TFLite (float32, float16, int8), checked.
 
-    python export.py --run-dir eval/deeplabv3 --size 384      # best.keras -> eval/deeplabv3/export/
+    python export.py --run-dir eval/deeplabv3                 # best.keras -> eval/deeplabv3/export/
+    python export.py --run-dir eval/demo --report             # ... and which file goes on the car
 
-Writes `saved_model/` (any input size) and `model_float32.tflite`, `model_float16.tflite`,
-`model_int8.tflite` (dynamic-range int8 weights) for a fixed (1, size, size, 3) input, and
-`classes.json` (the class table, which predict.py reads), then runs Keras and every export on
-the run's own test images (its config.json; nothing is downloaded or generated) and reports
-the fraction of pixels whose predicted class agrees (`parity.json`). float32 and float16 must agree on at least 99.9% of
-pixels, or the command fails; int8 is reported.
+Writes `saved_model/` (any input size) and, for a fixed (1, size, size, 3) input (`--size`,
+default the run's input size), `model_float32.tflite`, `model_float16.tflite`,
+`model_int8.tflite` (dynamic-range: int8 weights), `model_full_int8.tflite` (int8 weights and
+activations, calibrated on the run's training images; `--int8-io` for int8 input and output),
+and `classes.json` (the class table, which predict.py reads). Then it runs Keras and every
+export on the run's own test images (its config.json; nothing is downloaded or generated) and
+writes the fraction of pixels whose predicted class agrees (`parity.json`): the SavedModel,
+float32 and float16 must agree on at least 99.9% of pixels, or the command fails; the int8
+files are reported.
+
+--report measures every format (deploy.py: size, latency at 1, 2 and all threads, mean IoU and
+pixel accuracy on the whole test split, agreement with Keras) into `export_report.json` and
+`export_report.md` and prints the table.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import runtime
 
 runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see runtime.py)
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
 import atomic  # noqa: E402
 import cli  # noqa: E402
 import config  # noqa: E402
 import data  # noqa: E402
-import pipeline  # noqa: E402
+import deploy  # noqa: E402
 import prediction  # noqa: E402
 
-TFLITE_KINDS = ("float32", "float16", "int8")
-PARITY_FLOOR = 0.999  # float32 and float16
-
-
-def write_serving_archive(model, path: str | Path, size: int | None = None) -> None:
-    """A SavedModel at `path` whose `serve(image)` returns the model's logits.
-
-    Input (1, size, size, 3) float32, or (None, None, None, 3) when `size` is None. Inference
-    only: the gradient functions of custom-gradient layers (the portable dilated conv) are
-    not traced into it, which also keeps a ResNet-50 export about 15 s shorter here.
-    """
-    shape = (1, size, size, 3) if size else (None, None, None, 3)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serve", lambda x: model(x, training=False),
-                         input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
-    archive.write_out(str(path), options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
-                      verbose=False)
-
-
-def tflite_bytes(model, size: int, kind: str) -> bytes:
-    """Convert `model` for a (1, size, size, 3) float32 input; kind is float32, float16 or int8.
-
-    Goes through a fixed-shape SavedModel: converting a concrete function of a Keras 3 model
-    directly dropped its weights here (a 0.2 MB file predicting garbage).
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        write_serving_archive(model, tmp, size)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        if kind in ("float16", "int8"):
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # without a dataset: dynamic-range int8
-        if kind == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        return converter.convert()
-
-
-def export_saved_model(model, path: Path) -> None:
-    """A TensorFlow SavedModel whose serving signature takes any image size, written into a
-    temporary folder and swapped into place when complete."""
-    with atomic.folder(path, replace=True) as tmp:
-        write_serving_archive(model, tmp)
-
-
-def parity(reference: prediction.Predictor, candidate: prediction.Predictor, images: list[np.ndarray]) -> float:
-    """Fraction of pixels where both predict the same class."""
-    same = total = 0
-    for image in images:
-        a, b = reference.masks(image[None]), candidate.masks(image[None])
-        same += int((a == b).sum())
-        total += a.size
-    return same / total
+DEFAULT_FORMATS = "savedmodel,float32,float16,int8,full_int8"
 
 
 def parse_args(argv=None):
@@ -90,11 +43,21 @@ def parse_args(argv=None):
                    help="the training run: its best.keras, data and classes")
     p.add_argument("--model", help="a .keras model (default RUN_DIR/best.keras)")
     p.add_argument("--out-dir", help="default: an export/ folder beside the model")
-    p.add_argument("--size", type=int, default=384, help="square input size of the TFLite models")
-    p.add_argument("--formats", default="savedmodel," + ",".join(TFLITE_KINDS),
-                   help="comma-separated: savedmodel, float32, float16, int8")
+    p.add_argument("--size", type=int, help="square input size of the TFLite models (default: the run's input size)")
+    p.add_argument("--formats", default=DEFAULT_FORMATS,
+                   help="comma-separated, or all: savedmodel, float32 (tflite_float32), float16 (tflite_float16), "
+                        "int8 (tflite_dynamic_int8), full_int8 (tflite_full_int8); keras is always the reference")
+    p.add_argument("--int8-io", action="store_true", help="the full-int8 model takes and returns int8 tensors")
+    p.add_argument("--calibration-images", type=int, default=100,
+                   help="training images that calibrate the full-int8 model's activation ranges")
     p.add_argument("--data-dir", help="where the run's data tree is now, if it moved (default: the run's)")
-    p.add_argument("--parity-images", type=int, default=20, help="test images for the parity check")
+    p.add_argument("--parity-images", type=int, default=20, help="test images for the parity check (without --report)")
+    p.add_argument("--report", action="store_true",
+                   help="measure every format on the whole test split: export_report.json and .md")
+    p.add_argument("--report-images", type=int, help="with --report: at most this many test images (default all)")
+    p.add_argument("--latency-runs", type=int, default=20, help="with --report: timed runs per format and thread count")
+    p.add_argument("--warmup-runs", type=int, default=3, help="with --report: untimed runs first")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_debug_flag(p)
     return p.parse_args(argv)
 
@@ -103,48 +66,75 @@ def main(args) -> dict:
     run_dir = Path(args.run_dir)
     model_path = Path(args.model or run_dir / "best.keras")
     out = Path(args.out_dir or model_path.parent / "export")
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    unknown = set(formats) - {"savedmodel", *TFLITE_KINDS}
-    if unknown:
-        raise config.ConfigError(f"unknown formats {sorted(unknown)}; choose from savedmodel, {', '.join(TFLITE_KINDS)}")
+    formats = [f for f in deploy.resolve_formats(args.formats) if f != "keras"]
     saved = config.load_run_config(run_dir)
+    size = args.size if args.size is not None else saved.get("input_size", config.TRAIN["input_size"].default)
     stride = saved.get("output_stride", config.TRAIN["output_stride"].default)
-    if args.size <= 0 or args.size % stride:
-        raise config.ConfigError(f"--size {args.size}: the export size must be a positive multiple of the model's "
-                                 f"output stride {stride}, e.g. {max(stride, args.size // stride * stride)}")
+    if size <= 0 or size % stride:
+        raise config.ConfigError(f"--size {size}: the export size must be a positive multiple of the model's "
+                                 f"output stride {stride}, e.g. {max(stride, size // stride * stride)}")
     tree = data.tree_from_config(saved, args.data_dir)
+    test = deploy.images_of(tree, "test", size, args.report_images if args.report else args.parity_images)
+    calibration = None
+    if "tflite_full_int8" in formats:
+        calibration = deploy.images_of(tree, "train", size, args.calibration_images)[0]
     model = prediction.load_model(model_path)
     prediction.check_classes(model, tree.classes, model_path)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / prediction.CLASSES_FILE, json.dumps(tree.classes.to_json(), indent=2))
-    report = {"model": str(model_path), "size": args.size, "files": {}, "argmax_agreement": {}}
-    if "savedmodel" in formats:
-        export_saved_model(model, out / "saved_model")
-        report["files"]["savedmodel"] = str(out / "saved_model")
-    for kind in (k for k in TFLITE_KINDS if k in formats):
-        path = out / f"model_{kind}.tflite"
-        atomic.write_bytes(path, tflite_bytes(model, args.size, kind))
-        report["files"][kind] = str(path)
-        report[f"{kind}_megabytes"] = round(path.stat().st_size / 2 ** 20, 2)
 
-    # Parity on the run's test images, all at the export size, so Keras sees what TFLite sees.
-    pairs = tree.pairs("test")[: args.parity_images]
-    ds = pipeline.get_subset_tf_dataset(pairs, 1, 1, input_size=(args.size, args.size), classes=tree.classes)
-    images = [x[0].numpy() for x, _ in ds]
-    keras_predictor = prediction.Predictor(model)
-    for kind in (k for k in TFLITE_KINDS if k in formats):
-        agreement = parity(keras_predictor, prediction.Predictor(prediction.load_model(report["files"][kind])), images)
-        report["argmax_agreement"][kind] = agreement
+    files = {"keras": str(model_path), **{name: str(out / deploy.FORMATS[name].file) for name in formats}}
     if "savedmodel" in formats:
-        served = prediction.load_model(out / "saved_model")
-        report["argmax_agreement"]["savedmodel"] = parity(keras_predictor, prediction.Predictor(served), images)
-    report["parity_images"] = len(images)
-    atomic.write_text(out / "parity.json", json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    failing = {k: v for k, v in report["argmax_agreement"].items() if k != "int8" and v < PARITY_FLOOR}
+        deploy.export_saved_model(model, Path(files["savedmodel"]))
+    lite = {deploy.FORMATS[name].tflite: name for name in formats if deploy.FORMATS[name].tflite}
+    for kind, flat in deploy.tflite_files(model, size, list(lite), calibration, args.int8_io):
+        atomic.write_bytes(files[lite[kind]], flat)
+    float_ops = deploy.float_ops(files["tflite_full_int8"]) if "tflite_full_int8" in files else None
+
+    if args.report:
+        measured = deploy.measure(files, tree.classes, test, size, warmup=args.warmup_runs, runs=args.latency_runs,
+                                  progress=not args.no_progress)
+        agreements = {name: r["agreement"] for name, r in measured.items()}
+    else:
+        keras_masks = deploy.predict_masks(model, test[0])
+        agreements = {name: deploy.agreement(keras_masks, deploy.predict_masks(prediction.load_model(path), test[0]))
+                      for name, path in files.items() if name != "keras"}
+
+    # parity.json keeps the short names it has always had (float32, float16, int8, savedmodel).
+    parity = {"model": str(model_path), "size": size, "parity_images": len(test[0]),
+              "files": {deploy.FORMATS[n].short: p for n, p in files.items() if n != "keras"},
+              "argmax_agreement": {deploy.FORMATS[n].short: a for n, a in agreements.items() if n != "keras"}}
+    for name in (n for n in formats if n.startswith("tflite")):
+        parity[f"{deploy.FORMATS[name].short}_megabytes"] = round(deploy.size_mb(files[name]), 2)
+    if float_ops is not None:
+        parity["full_int8_float_ops"] = float_ops
+    atomic.write_text(out / "parity.json", json.dumps(parity, indent=2) + "\n")
+    result = parity
+    if args.report:
+        result = {"model": str(model_path), "size": size, "test_images": len(test[0]),
+                  "calibration_images": len(calibration) if calibration else 0, "int8_io": args.int8_io,
+                  "threads": deploy.THREADS, "latency": {"batch": 1, "statistic": "median", "warmup": args.warmup_runs,
+                                                         "runs": args.latency_runs},
+                  "machine": deploy.machine(), "formats": measured}
+        verdict = deploy.full_int8_verdict(measured)
+        if verdict is not None:
+            result["full_int8"] = {**verdict, "float_ops": float_ops,
+                                   "checked_with": "tf.lite.Interpreter._get_ops_details() and get_tensor_details()"}
+        table = deploy.markdown(result)
+        atomic.write_text(out / "export_report.json", json.dumps(result, indent=2) + "\n")
+        atomic.write_text(out / "export_report.md", table)
+        result["argmax_agreement"] = parity["argmax_agreement"]
+        print(table)
+    else:
+        print(json.dumps(parity, indent=2))
+    failing = {deploy.FORMATS[n].short: a for n, a in agreements.items()
+               if n in ("savedmodel", "tflite_float32", "tflite_float16") and a < deploy.PARITY_FLOOR}
     if failing:
-        raise SystemExit(f"error: exports disagree with Keras on more than {1 - PARITY_FLOOR:.1%} of pixels: {failing}")
-    return report
+        raise deploy.ExportError(f"exports disagree with Keras on more than {1 - deploy.PARITY_FLOOR:.1%} of "
+                                 f"pixels: {failing}")
+    if float_ops:
+        raise deploy.ExportError(f"{files['tflite_full_int8']} is not integer-only: {float_ops[:5]}")
+    return result
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ class TFLiteModel:
     """A TFLite segmentation model behind the same call as a Keras model: images -> logits.
 
     TFLite models from export.py take one (1, H, W, 3) image of a fixed size; larger batches
-    are run one image at a time.
+    are run one image at a time. A full-integer model with int8 (or uint8) input and output
+    (`export.py --int8-io`) is fed images quantized with its input's scale and zero point, and
+    its output is dequantized with the output's, so callers see float32 logits either way.
     """
 
     traceable = False  # the interpreter runs eagerly, outside tf.function
@@ -49,10 +51,24 @@ class TFLiteModel:
     def __call__(self, images, training=False):
         outputs = []
         for image in np.asarray(images, dtype=np.float32):
-            self.interpreter.set_tensor(self._input["index"], image[None])
+            self.interpreter.set_tensor(self._input["index"], self._quantize(image[None]))
             self.interpreter.invoke()
-            outputs.append(self.interpreter.get_tensor(self._output["index"])[0])
+            outputs.append(self._dequantize(self.interpreter.get_tensor(self._output["index"])[0]))
         return np.stack(outputs)  # (B, H, W, C) logits
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self._input["dtype"])
+        if dtype == np.float32:
+            return x
+        scale, zero = self._input["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+        if np.dtype(self._output["dtype"]) == np.float32:
+            return y
+        scale, zero = self._output["quantization"]
+        return (y.astype(np.float32) - zero) * scale
 
 
 class SavedModel:

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-import export
+import deploy
 import predict
 import prediction
 from model import build_deeplabv3
@@ -82,7 +82,7 @@ def main(args):
                                         "fraction_of_keras_batch1": round(bare / loop, 3)}
             for kind in (k for k in args.formats.split(",") if k):
                 path = tmp / f"m_{kind}.tflite"
-                path.write_bytes(export.tflite_bytes(model, size, kind))
+                path.write_bytes(deploy.tflite_bytes(model, size, kind))
                 lite = prediction.TFLiteModel(path)
                 (seconds,) = _timed(lambda: lite(x1.numpy()), repeats=args.repeats)
                 row[f"tflite_{kind}_batch1"] = {"images_per_s": round(1 / seconds, 2),

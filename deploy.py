@@ -1,0 +1,396 @@
+"""Deployment: convert a trained model into every format the vehicle could run, and measure each.
+
+    python export.py --run-dir eval/demo --report      # the wiring; this module does the work
+
+Formats, by the names the export report uses (`--formats` also takes the short names that
+export.py has always taken: float32, float16, int8):
+
+| name | short | file | what |
+| --- | --- | --- | --- |
+| keras | | the run's `best.keras` | the source; every other format is compared with it |
+| savedmodel | savedmodel | `saved_model/` | TensorFlow graph, any input size |
+| tflite_float32 | float32 | `model_float32.tflite` | fixed (1, size, size, 3) input, as are all TFLite files |
+| tflite_float16 | float16 | `model_float16.tflite` | float16 weights, float32 compute |
+| tflite_dynamic_int8 | int8 | `model_int8.tflite` | int8 weights, activations quantized on the fly |
+| tflite_full_int8 | full_int8 | `model_full_int8.tflite` | int8 weights and activations, calibrated on training images |
+
+`measure` scores each format on the run's test images with metrics.ConfusionMatrix (the one
+evaluator), its pixel agreement with Keras, and its latency at batch 1 with 1, 2 and all
+threads. TFLite threads are the interpreter's `num_threads`. TensorFlow fixes its thread pools
+when its runtime starts, once per process, so Keras and SavedModel are timed in a fresh Python
+process per thread count (`tf.config.threading`: that many intra-op threads, one inter-op).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+import atomic
+import metrics
+import pipeline
+import prediction
+import runtime
+from data import DataError
+from errors import KitError
+
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Format:
+    short: str  # the --formats name export.py has always taken, and parity.json's key
+    file: str | None  # written into the export folder (None: the Keras model itself)
+    tflite: str | None = None  # the converter recipe, for TFLite files
+
+
+FORMATS = {
+    "keras": Format("keras", None),
+    "savedmodel": Format("savedmodel", "saved_model"),
+    "tflite_float32": Format("float32", "model_float32.tflite", "float32"),
+    "tflite_float16": Format("float16", "model_float16.tflite", "float16"),
+    "tflite_dynamic_int8": Format("int8", "model_int8.tflite", "dynamic_int8"),
+    "tflite_full_int8": Format("full_int8", "model_full_int8.tflite", "full_int8"),
+}
+PARITY_FLOOR = 0.999  # savedmodel, float32 and float16 must agree with Keras on this many pixels
+FULL_INT8_TARGET = {"agreement": 0.99, "mean_iou_drop": 0.01}  # against Keras, and tflite_float32
+THREADS = {"1": 1, "2": 2, "all": os.cpu_count() or 1}
+# Ops allowed to touch float tensors in a full-integer model: the conversions at its edges.
+EDGE_OPS = ("QUANTIZE", "DEQUANTIZE")
+
+
+class ExportError(KitError):
+    """An export that does not do what it must (it disagrees with Keras, or is not integer)."""
+
+
+def resolve_formats(spec: str) -> list[str]:
+    """Canonical format names, in FORMATS order, from a comma-separated list of canonical or
+    short names ("all" for every one). ExportError names the unknown ones."""
+    by_short = {f.short: name for name, f in FORMATS.items()}
+    wanted = [w.strip() for w in spec.split(",") if w.strip()]
+    if "all" in wanted:
+        return list(FORMATS)
+    unknown = [w for w in wanted if w not in FORMATS and w not in by_short]
+    if unknown or not wanted:
+        choices = ", ".join(f"{n} ({f.short})" if f.short != n else n for n, f in FORMATS.items())
+        raise ExportError(f"unknown formats {unknown or [spec]}; choose from all, {choices}")
+    chosen = {by_short.get(w, w) for w in wanted}
+    return [name for name in FORMATS if name in chosen]
+
+
+# ----------------------------------------------------------------------------- conversion
+
+def write_serving_archive(model, path: str | Path, size: int | None = None) -> None:
+    """A SavedModel at `path` whose `serve(image)` returns the model's logits.
+
+    Input (1, size, size, 3) float32, or (None, None, None, 3) when `size` is None. Inference
+    only: the gradient functions of custom-gradient layers (the portable dilated conv) are
+    not traced into it, which also keeps a ResNet-50 export about 15 s shorter here.
+    """
+    shape = (1, size, size, 3) if size else (None, None, None, 3)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda x: model(x, training=False),
+                         input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
+    archive.write_out(str(path), options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
+                      verbose=False)
+
+
+def export_saved_model(model, path: Path) -> None:
+    """A TensorFlow SavedModel whose serving signature takes any image size, written into a
+    temporary folder and swapped into place when complete."""
+    with atomic.folder(path, replace=True) as tmp:
+        write_serving_archive(model, tmp)
+
+
+def tflite_files(model, size: int, kinds, calibration: list[np.ndarray] | None = None, int8_io: bool = False):
+    """Yield (kind, TFLite bytes) of `model` for a (1, size, size, 3) input, for each of `kinds`.
+
+    kind: float32; float16 (weights); dynamic_int8 (or int8: int8 weights, activations
+    quantized at run time); full_int8 (weights and activations int8, their ranges calibrated on
+    `calibration`, (1, size, size, 3) float32 images preprocessed as in training; only integer
+    builtin ops are allowed, so a float op fails the conversion). int8_io: the full-int8 model
+    takes and returns int8 tensors (scale and zero point in its input and output details)
+    instead of quantizing float32 at its edges.
+
+    Converts from one fixed-shape SavedModel, written once for all kinds: converting a
+    concrete function of a Keras 3 model directly dropped its weights here (a 0.2 MB file
+    predicting garbage).
+    """
+    unknown = set(kinds) - {"float32", "float16", "int8", "dynamic_int8", "full_int8"}
+    if unknown:
+        raise ValueError(f"unknown TFLite kinds {sorted(unknown)}")
+    if "full_int8" in kinds and not calibration:
+        raise ValueError("full-integer quantization needs calibration images")
+    # Loading the archive warns once per conversion that the portable dilated conv's custom
+    # gradients were not saved; they were left out on purpose (write_serving_archive).
+    absl = logging.getLogger("absl")
+    level = absl.level
+    with tempfile.TemporaryDirectory() as tmp:
+        write_serving_archive(model, tmp, size)
+        absl.setLevel(logging.ERROR)
+        try:
+            yield from _convert(tmp, kinds, calibration, int8_io)
+        finally:
+            absl.setLevel(level)
+
+
+def _convert(saved_model: str, kinds, calibration, int8_io: bool):
+    for kind in kinds:
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        if kind != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # without more: dynamic-range int8
+        if kind == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if kind == "full_int8":
+            converter.representative_dataset = lambda: ([image] for image in calibration)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if int8_io:
+                converter.inference_input_type = tf.int8
+                converter.inference_output_type = tf.int8
+        yield kind, converter.convert()
+
+
+def tflite_bytes(model, size: int, kind: str, calibration: list[np.ndarray] | None = None,
+                 int8_io: bool = False) -> bytes:
+    """One kind of tflite_files."""
+    return dict(tflite_files(model, size, [kind], calibration, int8_io))[kind]
+
+
+def float_ops(path: str | Path) -> list[str]:
+    """What keeps a TFLite model from being integer-only: "OP: tensor (dtype)" for every op
+    other than a QUANTIZE fed by the model's input or a DEQUANTIZE writing its output that
+    reads or writes a tensor which is not int8 (int32 is allowed: biases and shapes).
+
+    Read from the interpreter's own op list (`Interpreter._get_ops_details()`, TensorFlow's
+    private but stable accessor; tf.lite.experimental.Analyzer only prints) and its tensor
+    details, so it checks the file as the interpreter will run it.
+    """
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    inputs = {d["index"] for d in interpreter.get_input_details()}
+    outputs = {d["index"] for d in interpreter.get_output_details()}
+    found = []
+    for op in interpreter._get_ops_details():
+        ins, outs = [i for i in op["inputs"] if i >= 0], [i for i in op["outputs"] if i >= 0]
+        edge = ((op["op_name"] == "QUANTIZE" and set(ins) <= inputs)
+                or (op["op_name"] == "DEQUANTIZE" and set(outs) <= outputs))
+        if edge:
+            continue
+        for i in ins + outs:
+            dtype = np.dtype(tensors[i]["dtype"])
+            if dtype not in (np.int8, np.int32):
+                found.append(f"{op['op_name']}: {tensors[i]['name']} ({dtype.name})")
+    return found
+
+
+# ----------------------------------------------------------------------------- data
+
+def images_of(tree, subset: str, size: int, limit: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Up to `limit` (spread over the subset) examples of `subset`, resized to size x size as
+    the pipeline evaluates: images (1, size, size, 3) float32, masks (1, size, size) int32."""
+    pairs = tree.pairs(subset)
+    if not pairs:
+        raise DataError(f"the run's data tree {tree.root} has no {subset} images; pass --data-dir where the "
+                       f"run's data is")
+    if limit and len(pairs) > limit:
+        pairs = pairs[:: len(pairs) // limit][:limit]
+    ds = pipeline.get_subset_tf_dataset(pairs, 1, 1, input_size=(size, size), classes=tree.classes, cache=False)
+    images, masks = [], []
+    for x, y in ds:
+        images.append(x.numpy())
+        masks.append(y.numpy())
+    return images, masks
+
+
+# ----------------------------------------------------------------------------- measurement
+
+def agreement(reference: list[np.ndarray], masks: list[np.ndarray]) -> float:
+    """Fraction of pixels where two lists of masks predict the same class."""
+    same = sum(int((a == b).sum()) for a, b in zip(reference, masks))
+    return same / sum(a.size for a in reference)
+
+
+def predict_masks(model, images: list[np.ndarray]) -> list[np.ndarray]:
+    predictor = prediction.Predictor(model)
+    return [predictor.masks(image) for image in images]
+
+
+def tflite_latency(path: str | Path, image: np.ndarray, threads: int, warmup: int, runs: int) -> float:
+    """Median ms of one TFLite call at batch 1 (input conversion included) after warm-up."""
+    model = prediction.TFLiteModel(path, num_threads=threads)
+    return _median_ms(lambda: model(image), warmup, runs)
+
+
+def _median_ms(call, warmup: int, runs: int) -> float:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def tf_latency_here(paths: dict[str, str], size: int, threads: int, warmup: int, runs: int) -> dict[str, float]:
+    """Median ms at batch 1 of each Keras / SavedModel path, in this process, whose TensorFlow
+    runtime must not have started yet (its thread pools are fixed when it does)."""
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    image = tf.constant(test_pattern(size))
+    result = {}
+    for name, path in paths.items():
+        model = prediction.load_model(path)
+        call = model._loaded.serve if isinstance(model, prediction.SavedModel) else \
+            tf.function(lambda x, m=model: m(x, training=False))
+        result[name] = _median_ms(lambda: call(image).numpy(), warmup, runs)
+    return result
+
+
+def tf_latency(paths: dict[str, str], size: int, threads: int, warmup: int, runs: int) -> dict[str, float]:
+    """tf_latency_here in a fresh Python process (same environment, so the same oneDNN choice)."""
+    code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); import runtime; runtime.start(debug=False); "
+            f"import deploy; print(json.dumps(deploy.tf_latency_here({paths!r}, {size}, {threads}, {warmup}, "
+            f"{runs})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"timing {list(paths)} with {threads} thread(s) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_pattern(size: int) -> np.ndarray:
+    """A fixed (1, size, size, 3) float32 image in pipeline.IMAGE_RANGE for timing."""
+    return np.random.default_rng(0).uniform(*pipeline.IMAGE_RANGE, (1, size, size, 3)).astype(np.float32)
+
+
+def size_mb(path: str | Path) -> float:
+    """Bytes / 2**20 of a file, or of every file under a folder."""
+    path = Path(path)
+    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return total / 2 ** 20
+
+
+def machine() -> dict:
+    """What the latencies were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own query (model.onednn_enabled)
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "features": sorted(runtime.cpu_features()),
+            "onednn": bool(_pywrap_util_port.IsMklEnabled()), "tensorflow": tf.__version__,
+            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+
+
+def measure(files: dict[str, str], classes, test: tuple[list, list], size: int, threads: dict[str, int] | None = None,
+            warmup: int = 3, runs: int = 20, progress: bool = True) -> dict[str, dict]:
+    """{format: {size_mb, latency_ms: {threads: ms}, mean_iou, pixel_accuracy, agreement}}.
+
+    files: {format name: path}, with "keras" among them (the reference for `agreement`).
+    test: (images, masks) from images_of, at `size`. Latency is timed on test_pattern(size).
+    Thread settings with the same count are timed once.
+    """
+    threads = threads or THREADS
+    images, labels = test
+    counts = sorted(set(threads.values()))
+    tf_formats = {n: p for n, p in files.items() if not n.startswith("tflite")}
+    bar = tqdm(total=len(files) * len(images) + len(counts) * (len(files) - len(tf_formats) + bool(tf_formats)),
+               desc="measure", unit="step", disable=not progress, leave=False)
+    results, reference = {}, None
+    for name in ["keras", *(n for n in files if n != "keras")]:
+        bar.set_postfix_str(f"{name}: accuracy")
+        model = prediction.load_model(files[name])
+        predictor, masks = prediction.Predictor(model), []
+        cm = metrics.ConfusionMatrix(classes.num_classes)
+        for image, label in zip(images, labels):
+            masks.append(predictor.masks(image))
+            cm.update(label, masks[-1])
+            bar.update()
+        reference = masks if name == "keras" else reference
+        scores = cm.compute()
+        results[name] = {"file": str(files[name]), "size_mb": round(size_mb(files[name]), 3),
+                         "latency_ms": {}, "mean_iou": scores["mean_iou"],
+                         "pixel_accuracy": scores["pixel_accuracy"], "agreement": agreement(reference, masks)}
+    pattern = test_pattern(size)
+    for count in counts:
+        keys = [k for k, v in threads.items() if v == count]
+        if tf_formats:
+            bar.set_postfix_str(f"keras/savedmodel: {count} thread(s), new process")
+            for name, ms in tf_latency(tf_formats, size, count, warmup, runs).items():
+                results[name]["latency_ms"].update({k: round(ms, 2) for k in keys})
+            bar.update()
+        for name in (n for n in files if n.startswith("tflite")):
+            bar.set_postfix_str(f"{name}: {count} thread(s)")
+            ms = tflite_latency(files[name], pattern, count, warmup, runs)
+            results[name]["latency_ms"].update({k: round(ms, 2) for k in keys})
+            bar.update()
+    bar.close()
+    for result in results.values():
+        result["latency_ms"] = {k: result["latency_ms"][k] for k in threads}
+    return results
+
+
+def full_int8_verdict(formats: dict[str, dict]) -> dict | None:
+    """Whether tflite_full_int8 meets FULL_INT8_TARGET (against Keras and tflite_float32)."""
+    if "tflite_full_int8" not in formats:
+        return None
+    full = formats["tflite_full_int8"]
+    verdict = {"agreement": full["agreement"], "agreement_target": FULL_INT8_TARGET["agreement"]}
+    ok = full["agreement"] >= FULL_INT8_TARGET["agreement"]
+    if "tflite_float32" in formats:
+        drop = formats["tflite_float32"]["mean_iou"] - full["mean_iou"]
+        verdict.update(mean_iou_drop=drop, mean_iou_drop_target=FULL_INT8_TARGET["mean_iou_drop"])
+        ok = ok and drop <= FULL_INT8_TARGET["mean_iou_drop"]
+    verdict["meets_target"] = ok
+    return verdict
+
+
+def markdown(report: dict) -> str:
+    """The export report as a Markdown table, with what it was measured on."""
+    threads = report["threads"]
+    m = report["machine"]
+    head = [f"| format | size (MB) | {' | '.join(f'ms, {k} thread(s)' for k in threads)} | mean IoU | "
+            f"pixel accuracy | agreement with Keras |",
+            "| --- | ---: | " + "---: | " * len(threads) + "---: | ---: | ---: |"]
+    rows = []
+    for name, r in report["formats"].items():
+        latency = " | ".join(f"{r['latency_ms'][k]:.1f}" for k in threads)
+        rows.append(f"| {name} | {r['size_mb']:.2f} | {latency} | {r['mean_iou']:.4f} | {r['pixel_accuracy']:.4f} "
+                    f"| {100 * r['agreement']:.3f}% |")
+    notes = [f"\n{report['size']} px, batch 1, median of {report['latency']['runs']} runs after "
+             f"{report['latency']['warmup']} warm-up; 'all' = {threads['all']} threads (equal counts are timed "
+             f"once). Scores on "
+             f"{report['test_images']} test images at {report['size']} px. {m['cpu']}, {m['cores']} cores "
+             f"({', '.join(m['features']) or 'no listed features'}), oneDNN {'on' if m['onednn'] else 'off'}, "
+             f"TensorFlow {m['tensorflow']}"
+             + (f"; load average {m['load_average'][0]} when measured." if m.get("load_average") else ".")]
+    check = report.get("full_int8")
+    if check:
+        ops = check["float_ops"]
+        target = f"agreement >= {check['agreement_target']:.0%}"
+        if "mean_iou_drop" in check:
+            target += f", mean IoU within {check['mean_iou_drop_target']} of tflite_float32"
+        io = "int8" if report["int8_io"] else "float32, quantized at the edges"
+        integer = "integer-only between its edges" if not ops else f"float tensors: {ops[:5]}"
+        notes.append(f"tflite_full_int8: {integer} (interpreter op details); calibrated on {report['calibration_images']} training images; "
+                     f"input/output {io}; target ({target}) {'met' if check['meets_target'] else 'NOT met'}.")
+    return "\n".join(head + rows) + "\n" + "\n".join(notes) + "\n"

@@ -1,0 +1,120 @@
+"""export.py --report and deploy.py on a tiny trained run (64 px, MobileNetV2 without pretrained weights)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import cli
+import data
+import deploy
+import download_data
+import export
+import prediction
+import train
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+TINY = ["--dataset", "synthetic", "--num-train", "12", "--num-val", "8", "--input-size", "64",
+        "--resize-before-crop", "80", "--batch-size", "4", "--backbone", "mobilenetv2", "--backbone-weights",
+        "none", "--aspp-filters", "16", "--bn-momentum", "0.5", "--lr", "3e-3", "--verbose", "0"]
+FAST = ["--size", "64", "--latency-runs", "2", "--warmup-runs", "1", "--calibration-images", "12", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run trained for a few steps: random weights give near-tie logits, which any
+    quantization flips, so agreement would measure luck rather than the export. A fast
+    batch-norm momentum lets the moving statistics catch up within those steps (with 0.9 and
+    12 steps the model predicted one class everywhere: a vacuous agreement); after 16 steps
+    a fifth of the pixels had a top-2 logit margin under the int8 output's step (0.1), and
+    the full-int8 model agreed on 92%; after 40, on 97%."""
+    data_dir = tmp_path_factory.mktemp("data")
+    download_data.ensure_synthetic(data_dir, 12, 8, progress=False, min_size=64, max_size=128)
+    run = tmp_path_factory.mktemp("run")
+    train.main(train.parse_args(["--data-dir", str(data_dir), "--run-dir", str(run), *TINY,
+                                 "--epochs", "1", "--steps-per-epoch", "40"]))
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(run_dir, tmp_path_factory):
+    """export.py --report for Keras, float32 and full int8 with int8 input and output. Every
+    thread setting is 1 thread here, so Keras is timed in one subprocess, not one per count."""
+    out = tmp_path_factory.mktemp("export")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(deploy, "THREADS", {"1": 1, "2": 1, "all": 1})
+        result = export.main(export.parse_args(["--run-dir", str(run_dir), "--out-dir", str(out), "--report",
+                                                "--formats", "float32,full_int8", "--int8-io", *FAST]))
+    return out, result
+
+
+def test_full_int8_has_only_int8_tensors_and_matches_keras(report, run_dir):
+    out, result = report
+    path = out / "model_full_int8.tflite"
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    # With int8 input and output there are no edges: every tensor is int8 (int32 biases and shapes).
+    dtypes = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    assert dtypes <= {"int8", "int32"}, dtypes
+    assert deploy.float_ops(path) == [] and result["full_int8"]["float_ops"] == []
+    assert deploy.float_ops(out / "model_float32.tflite")  # the check is not vacuous
+    # Argmax agreement with Keras, counted here on the test images the report used.
+    keras_model = prediction.load_model(run_dir / "best.keras")
+    quantized = prediction.load_model(path)
+    saved = json.loads((run_dir / "config.json").read_text())
+    images, _ = deploy.images_of(data.tree_from_config(saved), "test", 64)
+    same = total = 0
+    predicted = set()
+    for image in images:
+        a = np.argmax(keras_model(image, training=False), -1)
+        b = np.argmax(quantized(image), -1)
+        same, total = same + int((a == b).sum()), total + a.size
+        predicted |= set(np.unique(a).tolist())
+    assert len(predicted) >= 2, "a model predicting one class agrees trivially"
+    assert same / total >= 0.95
+    assert result["formats"]["tflite_full_int8"]["agreement"] == pytest.approx(same / total, abs=0.01)
+
+
+def test_report_keys_units_and_formats_subset(report):
+    out, result = report
+    saved = json.loads((out / "export_report.json").read_text())
+    assert set(saved["formats"]) == {"keras", "tflite_float32", "tflite_full_int8"}
+    assert not (out / "model_float16.tflite").exists() and not (out / "saved_model").exists()
+    for name, r in saved["formats"].items():
+        assert set(r) >= {"size_mb", "latency_ms", "mean_iou", "pixel_accuracy", "agreement"}, name
+        assert r["size_mb"] == pytest.approx(deploy.size_mb(r["file"]), abs=1e-3)
+        assert set(r["latency_ms"]) == {"1", "2", "all"} and all(v > 0 for v in r["latency_ms"].values())
+        assert 0 <= r["mean_iou"] <= 1 and 0 <= r["pixel_accuracy"] <= 1 and 0 <= r["agreement"] <= 1
+    full = out / "model_full_int8.tflite"
+    assert saved["formats"]["tflite_full_int8"]["size_mb"] == pytest.approx(full.stat().st_size / 2 ** 20, abs=1e-3)
+    assert saved["formats"]["keras"]["agreement"] == 1.0 and saved["formats"]["tflite_float32"]["agreement"] >= 0.999
+    assert saved["size"] == 64 and saved["int8_io"] is True and saved["test_images"] == 4
+    assert set(saved["machine"]) >= {"cpu", "cores", "onednn"}
+    table = (out / "export_report.md").read_text()
+    assert all(f"| {name} |" in table for name in saved["formats"]) and "ms, all thread(s)" in table
+    assert json.loads((out / "parity.json").read_text())["argmax_agreement"].keys() == {"float32", "full_int8"}
+
+
+def test_format_names_old_and_new():
+    assert deploy.resolve_formats("int8,float32") == ["tflite_float32", "tflite_dynamic_int8"]
+    assert deploy.resolve_formats("tflite_full_int8,savedmodel") == ["savedmodel", "tflite_full_int8"]
+    assert deploy.resolve_formats("all") == list(deploy.FORMATS)
+    with pytest.raises(deploy.ExportError, match="tflite_full_int8"):
+        deploy.resolve_formats("int4")
+
+
+def test_moved_data_fails_naming_data_dir(run_dir, tmp_path, capsys):
+    moved = tmp_path / "run"
+    moved.mkdir()
+    saved = json.loads((run_dir / "config.json").read_text())
+    (moved / "config.json").write_text(json.dumps({**saved, "data_root": str(tmp_path / "gone")}))
+    shutil.copy(run_dir / "best.keras", moved / "best.keras")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(export.main, export.parse_args, ["--run-dir", str(moved), "--report", *FAST])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--data-dir" in err
+    assert not (moved / "export").exists()  # nothing written before the data was found
