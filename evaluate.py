@@ -8,7 +8,9 @@
 The data and classes are the run's own (its config.json); nothing is downloaded or generated.
 The test split is the second half of the shuffled validation list (data.subset_ids); by
 default each image is scored at its original resolution. Writes metrics.json, a per-class
-Markdown table, a confusion-matrix figure, a prediction grid and training curves to --out-dir.
+Markdown table, a confusion-matrix figure, a prediction grid, a navigation figure (the first
+--num-navigation images: cost map and heading, --navigation profile) and training curves to
+--out-dir.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import config  # noqa: E402
 import data  # noqa: E402
 import figures  # noqa: E402
 import metrics  # noqa: E402
+import navigation  # noqa: E402
 import pipeline  # noqa: E402
 import prediction  # noqa: E402
 from model import with_output_stride  # noqa: E402
@@ -49,6 +52,10 @@ def parse_args(argv=None):
                    "stride (default: the one it was trained at); 8 on a model trained at 16 is the paper's protocol")
     config.add_arguments(p, config.INFERENCE)
     p.add_argument("--num-figures", type=int, default=6, help="images in the prediction figure")
+    p.add_argument("--navigation", choices=(*sorted(navigation.PROFILES), "none"), default="safe",
+                   help="profile of the navigation figure (navigation.png), or none for no figure (default safe)")
+    p.add_argument("--num-navigation", type=int, default=3, help="images in the navigation figure (the first "
+                   "of the prediction figure's; each is run once more for its probabilities)")
     p.add_argument("--out-dir", help="where reports go (default RUN_DIR)")
     cli.add_debug_flag(p)
     return p.parse_args(argv)
@@ -100,6 +107,16 @@ def main(args) -> dict:
     atomic.write_text(out / "per_class_iou.md", table)
     figures.confusion_matrix_figure(cm.matrix, out / "confusion_matrix.png", classes.names)
     figures.prediction_grid(examples, out / "predictions.png", classes)
+    if args.navigation != "none" and args.num_navigation > 0 and examples:
+        costs = navigation.class_costs_for(classes.names)
+        rows = []
+        for image, _, pred in examples[:args.num_navigation]:
+            if image.shape[0] * image.shape[1] > predictor.max_pixels:
+                continue  # a whole-image probability map of a huge photo is what slide mode avoids
+            probs = predictor.probabilities(image[None])[0].numpy()  # (H, W, C), whole image
+            rows.append((image, pred, navigation.navigate(probs, args.navigation, costs)))
+        if rows:
+            figures.navigation_figure(rows, out / "navigation.png", classes, profile=args.navigation)
     figures.training_curves(run_dir / "log.csv", out / "training_curves.png")
     if predictor.slid:
         print(f"{predictor.slid} image(s) were run in {inference['crop_size']} px windows")

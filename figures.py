@@ -1,4 +1,4 @@
-"""Pictures for people: prediction grids, the confusion matrix and training curves (PNG files)."""
+"""Pictures for people: prediction grids, navigation, the confusion matrix and training curves (PNG files)."""
 from __future__ import annotations
 
 import csv
@@ -85,3 +85,55 @@ def training_curves(log_csv: str | Path, path: str | Path) -> bool:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return True
+
+
+def navigation_figure(examples: list[tuple[np.ndarray, np.ndarray, dict]], path: str | Path,
+                      classes: ClassTable | None = None, profile: str | None = None,
+                      stop_threshold: float = 0.5) -> None:
+    """Rows of input / prediction / cost map / sector costs with the chosen heading.
+
+    Examples are (image (H, W, 3) in [0, 255], prediction (H, W), navigation.navigate's result,
+    which holds the cost map). The cost map shows the near field the planner reads (below the
+    dashed line), its strips and an arrow to the chosen one; the bar chart the strips' costs,
+    the chosen one outlined, and the stop threshold.
+    """
+    classes = classes or ClassTable.voc()
+    rows = max(len(examples), 1)
+    fig, axes = plt.subplots(rows, 4, figsize=(13, 3 * rows), squeeze=False)
+    for row, (image, pred, result) in zip(axes, examples):
+        cost, costs, heading = result["cost_map"], np.asarray(result["sector_costs"]), result["heading"]
+        height, width = cost.shape
+        row[0].imshow(np.clip(image, 0, 255).astype(np.uint8))
+        row[0].set_title("input")
+        row[1].imshow(classes.colourize(pred))
+        row[1].set_title("prediction")
+        im = row[2].imshow(cost, cmap="RdYlGn_r", vmin=0, vmax=1)
+        edges = np.linspace(0, width, len(costs) + 1) - 0.5
+        row[2].axhline(height // 2 - 0.5, color="white", linestyle="--", linewidth=1)
+        row[2].vlines(edges[1:-1], height // 2 - 0.5, height - 0.5, colors="white", linewidth=0.8)
+        if not result["stop"]:
+            target = (edges[heading] + edges[heading + 1]) / 2
+            row[2].annotate("", xy=(target, height * 0.55), xytext=(width / 2, height - 1),
+                            arrowprops={"arrowstyle": "-|>", "color": "white", "linewidth": 2})
+        row[2].set_title(f"cost map ({profile})" if profile else "cost map")
+        fig.colorbar(im, ax=row[2], fraction=0.046)
+        bars = row[3].bar(range(len(costs)), costs, color=plt.get_cmap("RdYlGn_r")(np.clip(costs, 0, 1)),
+                          edgecolor="black")
+        if not result["stop"]:  # outlined, and an arrow that shows even on a zero-cost bar
+            bars[heading].set_edgecolor("blue")
+            bars[heading].set_linewidth(3)
+            row[3].annotate("heading", xy=(heading, costs[heading] + 0.02), ha="center", color="blue",
+                            xytext=(heading, min(costs[heading] + 0.3, 0.92)),
+                            arrowprops={"arrowstyle": "-|>", "color": "blue"})
+        row[3].axhline(stop_threshold, color="red", linestyle="--", linewidth=1, label="stop threshold")
+        row[3].set_ylim(0, 1)
+        row[3].set_xticks(range(len(costs)))
+        row[3].set_xlabel("sector (left to right)")
+        row[3].set_title("STOP" if result["stop"] else f"heading: sector {heading}",
+                         color="red" if result["stop"] else "black")
+        row[3].legend(loc="upper right", fontsize=7)
+        for ax in row[:3]:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,6 +1,8 @@
-"""Segment images with a trained model: a palettized PNG mask and a colour overlay per image.
+"""Segment images, a video or a camera with a trained model: masks, overlays, navigation.
 
     python predict.py --model eval/deeplabv3/best.keras photo.jpg more_photos/ --out predictions/
+    python predict.py --model eval/demo/best.keras --video drive.mp4 --out predictions/ --navigation safe
+    python predict.py --model export/model_float32.tflite --camera 0 --every 2 --smooth 0.6  # Ctrl-C stops
 
 Each image is segmented at its own size (grayscale and 16-bit images too). For `NAME.ext` it
 writes `NAME_mask.png` (palettized in the data set's class colours, class indices as pixel
@@ -8,10 +10,19 @@ values) and `NAME_overlay.jpg`; inputs whose names would collide (`a/x.jpg`, `b/
 told apart by their folders (`a_x_mask.png`, `b_x_mask.png`). The classes come from the
 model's run (its config.json) or export (classes.json), or --labelmap. A file that cannot be
 read is reported by name, the others are still processed, and the exit status is non-zero.
+With --navigation, each image is run whole and also gets `NAME_navigation.png` (image, mask,
+cost map, sector costs) and a line in `navigation.jsonl`; its overlay shows the heading.
+
+A video (--video FILE) or camera (--camera INDEX) gives `NAME_overlay.mp4` (every frame, at the
+input's frame rate; `cameraN_overlay.mp4` for a camera) and `NAME.jsonl`, one JSON object per
+frame: frame, time_ms, predicted, class_fractions and, with --navigation, heading, stop and
+sector_costs. --every N runs the model on every Nth frame only, --smooth A averages the class
+probabilities over time. See video.py.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections import defaultdict
@@ -27,22 +38,63 @@ from tqdm import tqdm  # noqa: E402
 
 import cli  # noqa: E402
 import config  # noqa: E402
+import figures  # noqa: E402
+import navigation  # noqa: E402
 import prediction  # noqa: E402
+import video  # noqa: E402
 from data import ClassTable, DataError  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+NAVIGATION_LOG = "navigation.jsonl"  # images' headings, one JSON object per image
+
+
+def _smooth_factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (0: no smoothing, 0.8: heavy), got {value:g}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a .keras model from train.py, or a .tflite / SavedModel from export.py")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    p.add_argument("--video", metavar="FILE", help="a video file to segment frame by frame (instead of images)")
+    p.add_argument("--camera", type=int, metavar="INDEX", help="a camera to segment (cv2.VideoCapture index, "
+                   "e.g. 0) until Ctrl-C or --max-frames")
     p.add_argument("--out", default="predictions", help="output folder")
+    p.add_argument("--navigation", choices=sorted(navigation.PROFILES), help="also plan a heading: drawn on "
+                   "the overlays, logged per frame or image (default: no navigation)")
+    p.add_argument("--every", type=_positive, default=1, metavar="N", help="video: run the model on every Nth "
+                   "frame, reusing its prediction on the frames between (default 1: every frame)")
+    p.add_argument("--smooth", type=_smooth_factor, default=0.0, metavar="A", help="video: average class "
+                   "probabilities over time, p = A * previous + (1 - A) * new, A in [0, 1) (default 0: none)")
+    p.add_argument("--max-frames", type=_positive, metavar="N", help="video: stop after N frames (a camera "
+                   "otherwise runs until Ctrl-C)")
     p.add_argument("--labelmap", help="a CVAT labelmap.txt naming the model's classes (default: the model's run)")
     config.add_arguments(p, config.INFERENCE)
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask colours")
     cli.add_debug_flag(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    kinds = [kind for kind, given in (("images", args.inputs), ("--video", args.video),
+                                      ("--camera", args.camera is not None)) if given]
+    if len(kinds) != 1:
+        p.error(f"give exactly one source: image files or folders, --video FILE or --camera INDEX "
+                f"(got {' and '.join(kinds) if kinds else 'none'})")
+    return args
 
 
 def collect(inputs: list[str]) -> list[Path]:
@@ -87,11 +139,16 @@ def overlay(image: np.ndarray, mask: np.ndarray, classes: ClassTable, alpha: flo
     return np.clip(blended, 0, 255).astype(np.uint8)
 
 
-def predict_files(predictor: prediction.Predictor, files: list[Path], out: Path, classes: ClassTable,
-                  alpha: float = 0.5) -> tuple[list[Path], list[Path]]:
-    """Segment each file, writing its mask and overlay to `out`; returns (written masks, failed inputs)."""
+def predict_files(predictor: prediction.Predictor, files: list[Path], out: Path, classes: ClassTable | None = None,
+                  alpha: float = 0.5, nav: video.NavigationSpec | None = None) -> tuple[list[Path], list[Path]]:
+    """Segment each file, writing its mask and overlay to `out`; returns (written masks, failed inputs).
+
+    With `nav`, each image is run whole (its probabilities are planned on), its overlay shows the
+    heading, and NAME_navigation.png and a line of navigation.jsonl are written too.
+    """
+    classes = classes or ClassTable.voc()
     out.mkdir(parents=True, exist_ok=True)
-    written, failed = [], []
+    written, failed, headings = [], [], []
     for path, name in tqdm(list(zip(files, output_names(files))), desc="predict", unit="img"):
         try:
             image = prediction.read_image(path)
@@ -99,10 +156,23 @@ def predict_files(predictor: prediction.Predictor, files: list[Path], out: Path,
             print(f"error: cannot read {path}: {type(err).__name__}: {err}", file=sys.stderr)
             failed.append(path)
             continue
-        mask = predictor.masks(image[None])[0]  # (H, W) at the image's own size
+        if nav is None:
+            mask = predictor.masks(image[None])[0]  # (H, W) at the image's own size
+            picture = overlay(image, mask, classes, alpha)
+        else:
+            probs = predictor.probabilities(image[None])[0].numpy()  # (H, W, C)
+            mask = probs.argmax(axis=-1).astype(np.uint8)
+            result = navigation.navigate(probs, nav.profile, nav.class_costs, nav.sectors, nav.stop_threshold)
+            picture = video.draw_navigation(overlay(image, mask, classes, alpha), result)
+            figures.navigation_figure([(image, mask, result)], out / f"{name}_navigation.png", classes,
+                                      profile=nav.profile, stop_threshold=nav.stop_threshold)
+            headings.append({"image": str(path), "heading": result["heading"], "stop": result["stop"],
+                             "sector_costs": [round(c, 6) for c in result["sector_costs"]]})
         classes.save_mask(mask, out / f"{name}_mask.png")
-        Image.fromarray(overlay(image, mask, classes, alpha)).save(out / f"{name}_overlay.jpg", quality=90)
+        Image.fromarray(picture).save(out / f"{name}_overlay.jpg", quality=90)
         written.append(out / f"{name}_mask.png")
+    if nav is not None:
+        (out / NAVIGATION_LOG).write_text("".join(json.dumps(h) + "\n" for h in headings), encoding="utf-8")
     return written, failed
 
 
@@ -111,8 +181,19 @@ def main(args) -> list[Path]:
     classes = prediction.classes_for_model(args.model, model, args.labelmap)
     prediction.check_classes(model, classes, args.model)
     predictor = prediction.Predictor(model, **config.predictor_options(config.resolve(args, config.INFERENCE)))
+    nav = None
+    if args.navigation:
+        nav = video.NavigationSpec(args.navigation, navigation.class_costs_for(classes.names))
+    if args.video or args.camera is not None:
+        result = video.run_stream(lambda x: predictor.probabilities(x)[0].numpy(),
+                                  args.video if args.video else args.camera, Path(args.out), classes, overlay,
+                                  alpha=args.alpha, every=args.every, smooth=args.smooth, nav=nav,
+                                  max_frames=args.max_frames)
+        print(f"wrote {result['frames']} frame(s) ({result['predicted']} predicted, {result['frames_per_s']} "
+              f"frames/s) to {result['video']} and {result['jsonl']}")
+        return [Path(result["video"]), Path(result["jsonl"])]
     files = collect(args.inputs)
-    written, failed = predict_files(predictor, files, Path(args.out), classes, args.alpha)
+    written, failed = predict_files(predictor, files, Path(args.out), classes, args.alpha, nav)
     print(f"wrote {len(written)} mask(s) and overlay(s) to {args.out}")
     if failed:
         raise SystemExit(f"error: {len(failed)} of {len(files)} image(s) could not be read: "

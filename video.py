@@ -1,0 +1,326 @@
+"""Video and camera streams: read frames, segment them, write an annotated video and JSON lines.
+
+    python predict.py --model eval/demo/best.keras --video drive.mp4 --out predictions/
+    python predict.py --model model.tflite --camera 0 --navigation safe --out runs/   # Ctrl-C stops
+
+predict.py wires this up; `run_stream` does the work. Three threads overlap: a reader decodes
+frames (OpenCV) into a bounded queue, the caller's thread runs the model (the only step that
+must be serial, and the one that uses the cores), and a writer smooths the probabilities, turns
+them into masks, class fractions, navigation and overlays, and encodes the video and the JSON
+lines. Bounded queues keep memory flat and stop the reader running ahead of a slow model.
+
+Per frame, `NAME.jsonl` holds {"frame", "time_ms", "predicted", "class_fractions": {class
+name: fraction of pixels}} and, with navigation, {"heading", "stop", "sector_costs"}. With
+`every` > 1 only every Nth frame is run through the model; the others are still written to the
+video and the JSON lines, reusing the last prediction, with "predicted": false. `smooth` A
+averages probabilities over predicted frames (p_t = A p_{t-1} + (1 - A) p), so masks do not
+flicker; A = 0 is no smoothing.
+
+The video is written with the mp4v (MPEG-4 Part 2) fourcc, which the opencv-python-headless
+wheels can encode without a system FFmpeg; browsers may not play it, VLC and ffmpeg do.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+import navigation
+from data import ClassTable
+from errors import KitError
+
+FOURCC = "mp4v"
+CAMERA_FPS = 30.0  # written when a camera does not report its frame rate
+QUEUE_FRAMES = 4  # frames in flight between threads: enough to hide jitter, little memory
+_END = object()  # end of stream, through the queues
+
+# Drawing (RGB, since frames stay RGB until the writer encodes them).
+_WHITE, _BLACK, _RED = (255, 255, 255), (0, 0, 0), (230, 30, 30)
+
+
+class VideoError(KitError, OSError):
+    """A video or camera that cannot be opened, read or written; the message names it."""
+
+
+@dataclass(frozen=True)
+class NavigationSpec:
+    """What navigation.navigate needs besides the probabilities."""
+
+    profile: str
+    class_costs: np.ndarray  # (C,) from navigation.class_costs_for(class names)
+    sectors: int = 5
+    stop_threshold: float = 0.5
+
+
+def check_smooth(value: float) -> float:
+    """`value` if it is a valid smoothing factor, in [0, 1); else a KitError saying so."""
+    if not 0.0 <= value < 1.0:
+        raise VideoError(f"--smooth must be in [0, 1) (0: no smoothing, 0.8: heavy), got {value}")
+    return float(value)
+
+
+def open_capture(source: str | Path | int) -> tuple[cv2.VideoCapture, float, str]:
+    """An opened cv2.VideoCapture for a file path or a camera index, its fps and a name for outputs.
+
+    Raises VideoError naming the file or camera when it cannot be opened.
+    """
+    if isinstance(source, int):
+        capture = cv2.VideoCapture(source)
+        if not capture.isOpened():
+            capture.release()
+            raise VideoError(f"cannot open camera {source}: is it connected, and not in use by another "
+                             f"program? (try another index, or pass --video FILE)")
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        return capture, fps if fps and fps > 0 else CAMERA_FPS, f"camera{source}"
+    path = Path(source)
+    if not path.is_file():
+        raise VideoError(f"cannot read video {path}: no such file")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        capture.release()
+        raise VideoError(f"cannot read video {path}: OpenCV cannot open it (not a video, or a codec "
+                         f"this OpenCV lacks)")
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    if not fps or fps <= 0 or not np.isfinite(fps):
+        capture.release()
+        raise VideoError(f"cannot read video {path}: it reports no frame rate")
+    return capture, fps, path.stem
+
+
+class _Worker(threading.Thread):
+    """A daemon thread that keeps its exception for the caller to re-raise."""
+
+    def __init__(self, target: Callable[[], None], name: str):
+        super().__init__(name=name, daemon=True)
+        self._target_fn, self.error = target, None
+
+    def run(self):
+        try:
+            self._target_fn()
+        except BaseException as err:  # handed to the caller's thread, which raises it
+            self.error = err
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put unless `stop` is set first (so a thread never blocks on a queue nobody drains)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def class_fractions(mask: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    """{class name: fraction of the mask's pixels}, every class listed."""
+    counts = np.bincount(mask.ravel(), minlength=len(names))[:len(names)]
+    return {name: round(float(c) / mask.size, 6) for name, c in zip(names, counts)}
+
+
+def _cost_colour(cost: float) -> tuple[int, int, int]:
+    """Green (free) through yellow to red (blocked), RGB."""
+    c = float(np.clip(cost, 0.0, 1.0))
+    return (int(255 * min(1.0, 2 * c)), int(255 * min(1.0, 2 * (1 - c))), 0)
+
+
+def draw_navigation(frame: np.ndarray, result: dict) -> np.ndarray:
+    """A sector bar along the bottom (each strip coloured by its cost, green to red), a triangle
+    over the chosen strip, and STOP in red when every strip is too expensive. Returns a copy."""
+    out = np.ascontiguousarray(frame, dtype=np.uint8).copy()
+    height, width = out.shape[:2]
+    costs = result["sector_costs"]
+    edges = np.linspace(0, width, len(costs) + 1).round().astype(int)
+    bar = max(4, height // 14)
+    top = height - bar
+    for s, cost in enumerate(costs):
+        cv2.rectangle(out, (int(edges[s]), top), (int(edges[s + 1]) - 1, height - 1), _cost_colour(cost), -1)
+        cv2.rectangle(out, (int(edges[s]), top), (int(edges[s + 1]) - 1, height - 1), _BLACK, 1)
+    if result["stop"]:
+        cv2.rectangle(out, (0, top), (width - 1, height - 1), _RED, max(1, bar // 4))
+        scale = max(0.4, width / 400)
+        thickness = max(1, int(round(2 * scale)))
+        (tw, th), _ = cv2.getTextSize("STOP", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        origin = ((width - tw) // 2, max(th + 2, top - bar))
+        cv2.putText(out, "STOP", origin, cv2.FONT_HERSHEY_SIMPLEX, scale, _WHITE, thickness + 2, cv2.LINE_AA)
+        cv2.putText(out, "STOP", origin, cv2.FONT_HERSHEY_SIMPLEX, scale, _RED, thickness, cv2.LINE_AA)
+    else:
+        h = result["heading"]
+        cv2.rectangle(out, (int(edges[h]), top), (int(edges[h + 1]) - 1, height - 1), _WHITE, max(1, bar // 5))
+        centre, size = (int(edges[h]) + int(edges[h + 1])) // 2, max(3, bar)
+        tip = max(0, top - 2 * size)
+        triangle = np.array([[centre, tip], [centre - size, top - 2], [centre + size, top - 2]], np.int32)
+        cv2.fillPoly(out, [triangle], _WHITE)
+        cv2.polylines(out, [triangle], True, _BLACK, 1, cv2.LINE_AA)
+    return out
+
+
+class _Annotator:
+    """Probabilities (or none, for a skipped frame) -> annotated frame and JSON record.
+
+    Runs on the writer thread, in frame order, so smoothing happens here too: the model's
+    thread does nothing but run the model.
+    """
+
+    def __init__(self, classes: ClassTable, alpha: float, nav: NavigationSpec | None,
+                 overlay: Callable[[np.ndarray, np.ndarray, ClassTable, float], np.ndarray], smooth: float = 0.0):
+        self.classes, self.alpha, self.nav, self.overlay, self.smooth = classes, alpha, nav, overlay, smooth
+        self.mask, self.record, self.smoothed = None, {}, None
+
+    def __call__(self, frame: np.ndarray, probs: np.ndarray | None) -> tuple[np.ndarray, dict]:
+        if probs is not None:
+            if self.smooth > 0.0 and self.smoothed is not None and self.smoothed.shape == probs.shape:
+                probs = self.smoothed * np.float32(self.smooth) + probs * np.float32(1.0 - self.smooth)
+            self.smoothed = probs
+            self.mask = probs.argmax(axis=-1).astype(np.uint8)  # (H, W)
+            self.record = {"class_fractions": class_fractions(self.mask, self.classes.names)}
+            if self.nav is not None:
+                result = navigation.navigate(probs, self.nav.profile, self.nav.class_costs, self.nav.sectors,
+                                             self.nav.stop_threshold)
+                self.record.update(heading=result["heading"], stop=result["stop"],
+                                   sector_costs=[round(c, 6) for c in result["sector_costs"]])
+        annotated = self.overlay(frame, self.mask, self.classes, self.alpha)
+        if self.nav is not None:
+            annotated = draw_navigation(annotated, self.record)
+        return annotated, self.record
+
+
+def run_stream(predict: Callable[[np.ndarray], np.ndarray], source: str | Path | int, out: str | Path,
+               classes: ClassTable, overlay: Callable, alpha: float = 0.5, every: int = 1, smooth: float = 0.0,
+               nav: NavigationSpec | None = None, max_frames: int | None = None) -> dict:
+    """Segment every frame of a video file or camera; write OUT/NAME_overlay.mp4 and OUT/NAME.jsonl.
+
+    Args:
+        predict: (1, H, W, 3) float32 RGB -> (H, W, C) float32 NumPy probabilities, e.g.
+            `lambda x: predictor.probabilities(x)[0].numpy()`.
+        source: a video file, or an int: a camera index for cv2.VideoCapture.
+        overlay: (image, mask, classes, alpha) -> RGB uint8 (predict.overlay).
+        every: run the model on every Nth frame (1: all); the others reuse its prediction.
+        smooth: exponential moving average factor of the probabilities, in [0, 1).
+        nav: draw and log navigation (heading, stop, sector costs) when given.
+        max_frames: stop after this many frames (a camera runs until Ctrl-C otherwise).
+
+    Returns:
+        {"video", "jsonl", "frames", "predicted", "fps", "seconds", "frames_per_s", "interrupted"}.
+
+    Raises:
+        VideoError: the source cannot be opened or yields no frame, or the output cannot be written.
+    """
+    if every < 1:
+        raise VideoError(f"--every must be >= 1, got {every}")
+    smooth = check_smooth(smooth)
+    capture, fps, name = open_capture(source)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    video_path, jsonl_path = out / f"{name}_overlay.mp4", out / f"{name}.jsonl"
+    camera = isinstance(source, int)
+    stop_reading = threading.Event()  # the reader stops (end of input, Ctrl-C on a camera, a failure)
+    abort = threading.Event()  # everything stops now (a failure)
+    frames_in: queue.Queue = queue.Queue(QUEUE_FRAMES)  # (index, time_ms, RGB uint8, float32 batch or None)
+    frames_out: queue.Queue = queue.Queue(QUEUE_FRAMES)  # (index, time_ms, RGB uint8, probabilities or None)
+
+    def read():
+        start, index = time.monotonic(), 0
+        try:
+            while not stop_reading.is_set() and (max_frames is None or index < max_frames):
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                t_ms = (time.monotonic() - start) * 1000 if camera else index * 1000.0 / fps
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                batch = rgb[None].astype(np.float32) if index % every == 0 else None  # the model's input
+                if not _put(frames_in, (index, round(t_ms, 3), rgb, batch), stop_reading):
+                    return
+                index += 1
+        finally:
+            _put(frames_in, _END, stop_reading)
+
+    annotate = _Annotator(classes, alpha, nav, overlay, smooth)
+    written = {"frames": 0}
+
+    def write():
+        writer = None
+        try:
+            with open(jsonl_path, "w", encoding="utf-8") as lines:
+                while True:
+                    try:
+                        item = frames_out.get(timeout=0.1)
+                    except queue.Empty:
+                        if abort.is_set():
+                            return
+                        continue
+                    if item is _END:
+                        return
+                    index, t_ms, rgb, probs = item
+                    annotated, record = annotate(rgb, probs)
+                    if writer is None:
+                        height, width = annotated.shape[:2]
+                        writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*FOURCC), fps,
+                                                 (width, height))
+                        if not writer.isOpened():
+                            raise VideoError(f"cannot write video {video_path} ({FOURCC}, {width}x{height}, "
+                                             f"{fps:g} fps): OpenCV could not open a writer for it")
+                    writer.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
+                    lines.write(json.dumps({"frame": index, "time_ms": t_ms, "predicted": probs is not None,
+                                            **record}) + "\n")
+                    written["frames"] += 1
+        finally:
+            if writer is not None:
+                writer.release()
+            abort.set()  # after a clean end nobody is left to stop; after a failure everybody stops
+            stop_reading.set()
+
+    reader, writer = _Worker(read, "video-reader"), _Worker(write, "video-writer")
+    reader.start()
+    writer.start()
+    predicted, interrupted = 0, False
+    start = time.perf_counter()
+    try:
+        while not abort.is_set():
+            try:
+                item = frames_in.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _END:
+                break
+            index, t_ms, rgb, batch = item
+            probs = None
+            if batch is not None:  # only the model runs here; everything else is on the other threads
+                probs = np.asarray(predict(batch), dtype=np.float32)  # (H, W, C)
+                predicted += 1
+            if not _put(frames_out, (index, t_ms, rgb, probs), abort):
+                break
+        _put(frames_out, _END, abort)
+    except KeyboardInterrupt:
+        stop_reading.set()
+        if not camera:
+            abort.set()
+            raise
+        interrupted = True  # Ctrl-C is how a camera stream ends: keep what was recorded
+        _put(frames_out, _END, abort)
+    except BaseException:
+        abort.set()
+        raise
+    finally:
+        writer.join()
+        stop_reading.set()
+        reader.join()
+        capture.release()
+    seconds = time.perf_counter() - start
+    for worker in (writer, reader):
+        if worker.error is not None:
+            raise worker.error
+    if written["frames"] == 0:
+        jsonl_path.unlink(missing_ok=True)
+        raise VideoError(f"cannot read video {source}: no frame could be decoded" if not camera
+                         else f"cannot read camera {source}: it opened but gave no frame")
+    return {"video": str(video_path), "jsonl": str(jsonl_path), "frames": written["frames"], "predicted": predicted,
+            "fps": fps, "seconds": round(seconds, 3), "frames_per_s": round(written["frames"] / seconds, 2),
+            "interrupted": interrupted}
