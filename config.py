@@ -107,6 +107,8 @@ TRAIN: dict[str, Setting] = {
                    "the CPUs measured", flag=True),
     "strategy": Setting("auto", "auto: all local GPUs if several; mirrored; multiworker (TF_CONFIG)",
                         choices=("auto", "mirrored", "multiworker")),
+    "worker_timeout": Setting(300.0, "--strategy multiworker: seconds a worker waits for the others, at start-up and "
+                              "at each exchange, before it stops with an error", type=float, metavar="SECONDS"),
     "seed": Setting(0, "seed for weights, shuffling and augmentation", type=int, identity=True),
     "early_stopping_patience": Setting(6, "epochs without val_loss improvement before stopping", type=int),
     "lr_patience": Setting(3, "epochs without val_loss improvement before the learning rate is cut by 10", type=int),

@@ -4,6 +4,7 @@
     python train.py --demo                          # offline: synthetic data, small model, minutes on a laptop CPU
     python train.py --data-dir ~/VOCdevkit          # a VOC tree already on disk, used where it lies
     python train.py --data-dir my_cvat_export/      # your own classes (CVAT "Segmentation mask 1.1")
+    python train.py --strategy multiworker          # on each of several machines, with TF_CONFIG (distributed.py)
 
 Running the same command again after an interruption continues from the last finished epoch
 (weights, optimizer state, learning rate, best score, early-stopping counters).
@@ -27,6 +28,7 @@ import atomic  # noqa: E402
 import cli  # noqa: E402
 import config  # noqa: E402
 import data  # noqa: E402
+import distributed  # noqa: E402
 import download_data  # noqa: E402
 import losses  # noqa: E402
 import metrics  # noqa: E402
@@ -40,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--demo", action="store_true", help="offline demo: synthetic data, MobileNetV2, 128 px (see README)")
     config.add_arguments(p, config.TRAIN, presets=("demo",))
     p.add_argument("--fresh", action="store_true", help="discard an earlier run in --run-dir instead of resuming it")
+    p.add_argument("--save-worker-model", metavar="PATH",
+                   help="--strategy multiworker: a worker that is not the chief (which writes nothing into --run-dir) "
+                        "saves the model it ended with here, e.g. to check that the workers agree")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                    help="1: one progress line per epoch; 2: Keras's own output; 0: quiet")
     cli.add_debug_flag(p)
@@ -141,9 +146,13 @@ def check_same_run(run_dir: Path, saved: dict, settings: dict) -> None:
 def main(args) -> dict:
     settings = resolve_config(args)
     run_dir = Path(settings["run_dir"])
+    multiworker = settings["strategy"] == "multiworker"
+    if multiworker:
+        distributed.check_supported(settings)
     print("configuration:\n" + json.dumps(settings, indent=2), flush=True)
+    # First: a multi-worker strategy must configure collective ops before TensorFlow lists devices.
+    strategy = training.make_strategy(settings["strategy"], settings["worker_timeout"])
     keras.utils.set_random_seed(settings["seed"])
-    strategy = training.make_strategy(settings["strategy"])
     chief = training.is_chief(strategy)
     policy = training.set_precision(settings["mixed_precision"])
     compute = policy.removeprefix("mixed_")
@@ -172,7 +181,12 @@ def _train(args, settings: dict, run_dir: Path, strategy, chief: bool) -> dict:
     state = training.RunState(run_dir, plateau, write=chief)
     if chief:
         state.clean()
-    resumed = state.load()
+    multiworker = settings["strategy"] == "multiworker"
+    # Every worker resumes from the run directory it can read (shared storage); with --fresh the
+    # chief discards the run and the others start afresh with it.
+    resumed = state.load() if chief or not args.fresh else None
+    if multiworker:
+        distributed.agree(strategy, resumed["epoch"] + 1 if resumed else 0, "the epoch to resume after")
     saved = config.load_run_config(run_dir) if resumed else None
     if resumed:
         # Before any data is generated or read ("auto" resolves against the tree, checked below).
@@ -216,13 +230,21 @@ def _train(args, settings: dict, run_dir: Path, strategy, chief: bool) -> dict:
     trained.jit_compile = settings["xla"]  # not part of a saved model's compile config
     state.best_model = model
     # --verbose 1: one line per epoch (EpochProgress); 2: Keras's own output; 0: nothing.
-    callbacks = [state] + ([training.EpochProgress(settings["epochs"], steps)] if args.verbose == 1 else [])
+    # (Keras's own output belongs to fit, which multi-worker runs do not use: there 2 prints as 1.)
+    progress = args.verbose == 1 or (args.verbose == 2 and multiworker)
+    callbacks = [state] + ([training.EpochProgress(settings["epochs"], steps)] if progress else [])
     if settings["iterations"]:
         callbacks.append(training.IterationLimit(settings["iterations"]))
     if chief:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False))
-    trained.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], initial_epoch=initial_epoch,
-                steps_per_epoch=steps, callbacks=callbacks, verbose=2 if args.verbose == 2 else 0, shuffle=False)
+    if multiworker:  # Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585)
+        distributed.fit(strategy, trained, train_ds, val_ds, epochs=settings["epochs"], initial_epoch=initial_epoch,
+                        steps_per_epoch=steps, callbacks=callbacks, num_classes=tree.classes.num_classes)
+        if args.save_worker_model and not chief:
+            training.atomic_save_model(trained, args.save_worker_model)
+    else:
+        trained.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], initial_epoch=initial_epoch,
+                    steps_per_epoch=steps, callbacks=callbacks, verbose=2 if args.verbose == 2 else 0, shuffle=False)
 
     if state.diverged:
         kept = (f"The last good state (epoch {state.history[-1]['epoch']}) is kept in {state.last_path.parent}"
@@ -232,7 +254,8 @@ def _train(args, settings: dict, run_dir: Path, strategy, chief: bool) -> dict:
     best_row = max(state.history, key=lambda r: r.get(training.MONITOR, -1.0)) if state.history else {}
     summary = ", ".join(f"{k} {best_row[k]:.4f}" for k in ("val_pixel_accuracy", "val_mean_accuracy",
                                                           "val_mean_iou") if k in best_row)
-    print(f"best epoch {best_row.get('epoch')}: {summary}; model saved to {state.best_path}")
+    saved_to = state.best_path if chief else "the chief's run directory (this worker writes nothing there)"
+    print(f"best epoch {best_row.get('epoch')}: {summary}; model saved to {saved_to}")
     return {"history": state.history, "best": state.best, "initial_epoch": initial_epoch}
 
 

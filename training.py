@@ -27,6 +27,7 @@ from keras import ops
 from tqdm import tqdm
 
 import atomic
+import distributed
 from errors import KitError
 
 STATE_DIR = "state"
@@ -127,19 +128,22 @@ def load_checkpoint(path: Path) -> keras.Model:
                        f"resume; pass --fresh to start over, or another --run-dir") from err
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
+def make_strategy(name: str, worker_timeout: float = 300.0) -> tf.distribute.Strategy:
     """auto: all local GPUs if more than one, else the default; mirrored: all local GPUs, or
-    every logical CPU when there is no GPU; multiworker: several machines, from TF_CONFIG."""
+    every logical CPU when there is no GPU; multiworker: several machines, from TF_CONFIG
+    (distributed.py; a worker that does not answer within `worker_timeout` s is an error).
+
+    Call it before anything lists devices or creates a tensor: a multi-worker strategy has to
+    configure TensorFlow's collective ops before TensorFlow initialises its devices.
+    """
+    if name == "multiworker":  # first, before list_logical_devices initialises the devices
+        return distributed.multiworker_strategy(worker_timeout)
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     if name == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multiworker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy multiworker needs TF_CONFIG describing the cluster (see README)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}")
 
 
