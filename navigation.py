@@ -61,7 +61,15 @@ SYNONYM_COSTS: dict[str, float] = {
     **dict.fromkeys(("animal", "pet"), ANIMAL_COST),
     **dict.fromkeys(("vehicle", "truck", "van", "motorcycle", "bike", "airplane", "tram"),
                     VEHICLE_COST),
+    # Own data sets name their obstacles outright: never drive into them, whatever the profile.
+    **dict.fromkeys(("obstacle", "obstacles", "wall", "barrier", "pole", "post", "rock", "fence",
+                     "building", "tree", "curb", "kerb", "cone", "trafficcone", "bollard", "stairs",
+                     "water", "cliff", "hole", "door"), 1.0),
 }
+
+# How far a pixel's probabilities may stray from [0, 1] and a sum of 1 (float16 and int8
+# exports round them) before cost_map refuses them as not probabilities.
+PROBABILITY_TOLERANCE = 0.02
 
 # Strip costs closer than this to the cheapest count as equally cheap (then the centre wins).
 TIE_TOLERANCE = 1e-6
@@ -248,6 +256,13 @@ def cost_map(probs: npt.ArrayLike, profile: str | Profile = "safe",
     costs = _resolve_costs(class_costs, p.shape[-1])  # (C,)
     if not np.isfinite(p).all():
         raise ValueError("probabilities contain NaN or infinity")
+    # Logits or scores would give a plausible-looking but meaningless map: refuse them.
+    sums = p.sum(axis=-1)
+    if p.min() < -PROBABILITY_TOLERANCE or p.max() > 1 + PROBABILITY_TOLERANCE or \
+            np.abs(sums - 1.0).max() > PROBABILITY_TOLERANCE:
+        raise ValueError(f"expected softmax probabilities (each pixel in [0, 1], summing to 1; got values in "
+                         f"[{p.min():.3g}, {p.max():.3g}] summing to [{sums.min():.3g}, {sums.max():.3g}]): "
+                         f"logits? apply a softmax first")
     # Safe >= adventurous at every pixel, for any input, by construction: every step below is
     # monotone in the profile's parameters (each computed once, shared by all profiles) and
     # the adventurous parameters are all <= the safe ones. The expected cost is clipped at 0
@@ -303,6 +318,9 @@ def plan(cost: npt.ArrayLike, sectors: int = 5, stop_threshold: float = 0.5) -> 
         raise ValueError(f"sectors must be between 1 and the image width {width}, got {sectors}")
     if not np.isfinite(c).all():
         raise ValueError("cost map contains NaN or infinity")
+    # A cost never exceeds 1, so a threshold of 1 or NaN would mean "never stop".
+    if not isinstance(stop_threshold, (int, float, np.floating)) or not 0.0 <= stop_threshold < 1.0:
+        raise ValueError(f"stop_threshold must be a number in [0, 1), got {stop_threshold!r}")
     near = c[height // 2:]  # (n, W): for odd H the middle row counts as near
     weights = np.arange(1, near.shape[0] + 1, dtype=np.float64)  # (n,), largest at the bottom
     column_cost = weights @ near / weights.sum()  # (W,)

@@ -149,16 +149,39 @@ def test_safe_is_never_cheaper_than_adventurous(seed, shape):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_safe_is_never_cheaper_than_adventurous_even_for_garbage_input(seed):
-    # Not probabilities at all (negative, unnormalised): the guarantee is by construction.
+def test_safe_is_never_cheaper_than_adventurous_for_any_probabilities_and_costs(seed):
+    # Arbitrary (peaked to flat) probability maps and random class costs: the guarantee is by
+    # construction, not a property of the VOC table.
     rng = np.random.default_rng(seed)
-    probs = rng.normal(0.0, 3.0, size=(23, 41, 6)).astype(np.float32)
+    probs = rng.dirichlet(np.full(6, [0.05, 0.5, 5.0][seed]), size=(23, 41)).astype(np.float32)
     costs = rng.random(6)
     safe = navigation.cost_map(probs, "safe", class_costs=costs)
     adventurous = navigation.cost_map(probs, "adventurous", class_costs=costs)
     assert safe.min() >= 0.0 and safe.max() <= 1.0
     assert adventurous.min() >= 0.0 and adventurous.max() <= 1.0
     assert np.all(safe >= adventurous)
+
+
+@pytest.mark.parametrize("values", ["logits", "negative", "unnormalised"])
+def test_values_that_are_not_probabilities_are_refused(values):
+    # Logits where "person" is the largest would otherwise read as a mostly clear way.
+    probs = scene((NEAR, slice(None), PERSON))
+    bad = {"logits": np.log(probs + 1e-3) - 2.0, "negative": -probs, "unnormalised": probs * 3.0}[values]
+    with pytest.raises(ValueError, match="expected softmax probabilities"):
+        navigation.cost_map(bad)
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), 1.0, -0.1, None, "0.5"])
+def test_a_stop_threshold_that_could_never_or_always_stop_is_refused(threshold):
+    with pytest.raises(ValueError, match="stop_threshold"):
+        navigation.plan(np.ones((8, 10), np.float32), stop_threshold=threshold)
+
+
+def test_own_obstacle_classes_stop_even_the_adventurous_profile():
+    costs = navigation.class_costs_for(["road", "obstacle", "person", "wall"])
+    np.testing.assert_allclose(costs, [0.0, 1.0, 1.0, 1.0])
+    everywhere_obstacle = np.eye(4, dtype=np.float32)[np.full((32, 40), 1)]
+    assert navigation.navigate(everywhere_obstacle, "adventurous", costs)["stop"] is True
 
 
 def test_adventurous_parameters_are_all_below_safe():
@@ -220,7 +243,7 @@ def test_voc_defaults_rank_people_above_animals_above_vehicles_above_clutter():
 
 
 def test_own_class_names_map_by_name_and_overrides_win():
-    costs = navigation.class_costs_for(["road", "obstacle", "person"])
+    costs = navigation.class_costs_for(["road", "sky", "person"])
     assert costs.dtype == np.float32
     np.testing.assert_allclose(costs, [0.0, navigation.UNKNOWN_COST, 1.0])
     assert 0.0 < navigation.UNKNOWN_COST < 1.0
