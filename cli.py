@@ -20,6 +20,20 @@ from errors import KitError
 DEBUG_ENV = "DEEPLAB_DEBUG"
 
 
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int >= minimum, else a usage error saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"whole number >= {minimum}"  # argparse names the type in its messages
+    return parse
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help=f"show tracebacks and TensorFlow's start-up log (or set {DEBUG_ENV}=1)")

@@ -58,14 +58,19 @@ def _smooth_factor(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _class_costs(text: str) -> dict[str, float]:
+    """NAME=COST,... -> {name: cost}; the names and the [0, 1] range are checked against the
+    model's classes later (navigation.class_costs_for)."""
+    costs = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError(item)
+            costs[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected NAME=COST items, e.g. road=0,curb=0.8; got {item!r}") from None
+    return costs
 
 
 def parse_args(argv=None):
@@ -78,11 +83,14 @@ def parse_args(argv=None):
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--navigation", choices=sorted(navigation.PROFILES), help="also plan a heading: drawn on "
                    "the overlays, logged per frame or image (default: no navigation)")
-    p.add_argument("--every", type=_positive, default=1, metavar="N", help="video: run the model on every Nth "
+    p.add_argument("--class-costs", type=_class_costs, default={}, metavar="NAME=COST,...",
+                   help="with --navigation: override the cost in [0, 1] of classes by name, e.g. "
+                        "road=0,curb=0.8 (default: navigation.py's table; unknown names cost 0.7)")
+    p.add_argument("--every", type=cli.whole_number(1), default=1, metavar="N", help="video: run the model on every Nth "
                    "frame, reusing its prediction on the frames between (default 1: every frame)")
     p.add_argument("--smooth", type=_smooth_factor, default=0.0, metavar="A", help="video: average class "
                    "probabilities over time, p = A * previous + (1 - A) * new, A in [0, 1) (default 0: none)")
-    p.add_argument("--max-frames", type=_positive, metavar="N", help="video: stop after N frames (a camera "
+    p.add_argument("--max-frames", type=cli.whole_number(1), metavar="N", help="video: stop after N frames (a camera "
                    "otherwise runs until Ctrl-C)")
     p.add_argument("--labelmap", help="a CVAT labelmap.txt naming the model's classes (default: the model's run)")
     config.add_arguments(p, config.INFERENCE)
@@ -152,7 +160,8 @@ def predict_files(predictor: prediction.Predictor, files: list[Path], out: Path,
     for path, name in tqdm(list(zip(files, output_names(files))), desc="predict", unit="img"):
         try:
             image = prediction.read_image(path)
-        except Exception as err:  # unreadable or missing: report it, carry on with the rest
+            predictor.check_size(*image.shape[:2])
+        except Exception as err:  # unreadable, missing or too small: report it, carry on with the rest
             print(f"error: cannot read {path}: {type(err).__name__}: {err}", file=sys.stderr)
             failed.append(path)
             continue
@@ -183,7 +192,11 @@ def main(args) -> list[Path]:
     predictor = prediction.Predictor(model, **config.predictor_options(config.resolve(args, config.INFERENCE)))
     nav = None
     if args.navigation:
-        nav = video.NavigationSpec(args.navigation, navigation.class_costs_for(classes.names))
+        try:
+            costs = navigation.class_costs_for(classes.names, args.class_costs)
+        except ValueError as err:
+            raise config.ConfigError(f"--class-costs: {err}") from None
+        nav = video.NavigationSpec(args.navigation, costs)
     if args.video or args.camera is not None:
         result = video.run_stream(lambda x: predictor.probabilities(x)[0].numpy(),
                                   args.video if args.video else args.camera, Path(args.out), classes, overlay,
@@ -196,7 +209,7 @@ def main(args) -> list[Path]:
     written, failed = predict_files(predictor, files, Path(args.out), classes, args.alpha, nav)
     print(f"wrote {len(written)} mask(s) and overlay(s) to {args.out}")
     if failed:
-        raise SystemExit(f"error: {len(failed)} of {len(files)} image(s) could not be read: "
+        raise SystemExit(f"error: {len(failed)} of {len(files)} image(s) could not be segmented: "
                          + ", ".join(map(str, failed)))
     return written
 

@@ -29,6 +29,15 @@ class ModelFileError(KitError, ValueError):
     """A model path that is missing or holds no model we can load."""
 
 
+class ImageSizeError(KitError, ValueError):
+    """An image too small for the model to segment."""
+
+
+# Below this many pixels on a side, an output-stride-16 network has no feature map left to
+# resize (TensorFlow fails deep inside ResizeBilinear); fixed-size models resize the input anyway.
+MIN_SIDE = 16
+
+
 class TFLiteModel:
     """A TFLite segmentation model behind the same call as a Keras model: images -> logits.
 
@@ -225,8 +234,15 @@ class Predictor:
                 total += tf.image.resize(p, size) if scale != 1.0 else p
         return total / (len(self.scales) * (2 if self.flip else 1))
 
+    def check_size(self, height: int, width: int) -> None:
+        """ImageSizeError unless the model can segment a height x width image."""
+        if self.fixed_size is None and min(height, width) < MIN_SIDE:
+            raise ImageSizeError(f"a {width}x{height} image is too small to segment: the model needs at least "
+                                 f"{MIN_SIDE} pixels on each side")
+
     def probabilities(self, images) -> tf.Tensor:
         """(B, H, W, 3) float32 images -> (B, H, W, C) float32 class probabilities (whole images)."""
+        self.check_size(*images.shape[1:3])
         return self._probabilities(tf.convert_to_tensor(images, tf.float32))
 
     def _slides(self, height: int, width: int) -> bool:
@@ -236,6 +252,7 @@ class Predictor:
     def masks(self, images) -> np.ndarray:
         """(B, H, W, 3) float32 images -> (B, H, W) uint8 class indices."""
         images = np.asarray(images, dtype=np.float32)
+        self.check_size(*images.shape[1:3])
         if self._slides(*images.shape[1:3]):
             self.slid += len(images)
             return np.stack([self._slide_mask(image) for image in images])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -106,6 +107,10 @@ class _Worker(threading.Thread):
             self._target_fn()
         except BaseException as err:  # handed to the caller's thread, which raises it
             self.error = err
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
@@ -278,6 +283,11 @@ def run_stream(predict: Callable[[np.ndarray], np.ndarray], source: str | Path |
             stop_reading.set()
 
     reader, writer = _Worker(read, "video-reader"), _Worker(write, "video-writer")
+    # SIGTERM (a supervisor, ROS launch, `kill`) ends the stream like Ctrl-C, so the writer
+    # still closes the video: killed mid-write, an mp4 has no index and does not play.
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     reader.start()
     writer.start()
     predicted, interrupted = 0, False
@@ -313,6 +323,8 @@ def run_stream(predict: Callable[[np.ndarray], np.ndarray], source: str | Path |
         stop_reading.set()
         reader.join()
         capture.release()
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     seconds = time.perf_counter() - start
     for worker in (writer, reader):
         if worker.error is not None:

@@ -3,6 +3,8 @@
 One tiny untrained model (64 px, MobileNetV2 without pretrained weights) serves the module.
 """
 import json
+import os
+import signal
 from pathlib import Path
 
 import cv2
@@ -195,3 +197,44 @@ def test_evaluate_writes_the_navigation_figure(model_path, tmp_path):
                                        "--navigation", "adventurous"]))
     assert (run_dir / "navigation.png").is_file() and (run_dir / "predictions.png").is_file()
     assert config.load_run_config(run_dir)["input_size"] == 64
+
+
+def test_sigterm_mid_video_still_closes_a_playable_video(clip, tmp_path):
+    """A supervisor's SIGTERM ends the stream like Ctrl-C: the frames written so far play back."""
+    classes = ClassTable.voc()
+    calls = []
+
+    def predict_fn(x):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled in this (the main) thread
+        probs = np.zeros(x.shape[1:3] + (classes.num_classes,), np.float32)
+        probs[..., 0] = 1.0
+        return probs
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        video.run_stream(predict_fn, clip, tmp_path, classes, predict.overlay)
+    assert signal.getsignal(signal.SIGTERM) is previous  # restored
+    written = _frames(tmp_path / "drive_overlay.mp4")  # an mp4 killed mid-write has no index: 0 frames
+    assert 0 < len(written) < FRAMES
+    assert len(_lines(tmp_path / "drive.jsonl")) == len(written)
+
+
+def test_images_too_small_to_segment_are_reported_and_the_rest_processed(model_path, tmp_path, capsys):
+    Image.new("RGB", (4, 4)).save(tmp_path / "tiny.png")
+    Image.new("RGB", (40, 32)).save(tmp_path / "fine.png")
+    with pytest.raises(SystemExit, match="1 of 2 image"):
+        _run(model_path, tmp_path / "tiny.png", tmp_path / "fine.png", "--out", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "tiny.png" in err and "too small to segment" in err
+    assert (tmp_path / "out" / "fine_mask.png").is_file() and not (tmp_path / "out" / "tiny_mask.png").exists()
+
+
+def test_class_costs_override_by_name_and_bad_ones_are_refused(model_path, clip, tmp_path):
+    _run(model_path, "--video", clip, "--out", tmp_path, "--navigation", "safe", "--max-frames", "1",
+         "--class-costs", "background=1")  # the only traversable class made a wall
+    (record,) = _lines(tmp_path / "drive.jsonl")
+    assert record["stop"] is True
+    with pytest.raises(config.ConfigError, match="--class-costs"):
+        _run(model_path, "--video", clip, "--out", tmp_path, "--navigation", "safe", "--class-costs", "road=0")
