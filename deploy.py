@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -286,14 +285,7 @@ def size_mb(path: str | Path) -> float:
 
 def machine() -> dict:
     """What the latencies were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = runtime.cpu_model()
     from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own query (model.onednn_enabled)
 
     return {"cpu": cpu, "cores": os.cpu_count(), "features": sorted(runtime.cpu_features()),

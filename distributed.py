@@ -65,9 +65,13 @@ def cluster_from_env() -> tuple[dict[str, list[str]], str, int]:
         addresses = cluster[kind]
         if not 0 <= index < len(addresses):
             raise ValueError(f"task index {index} is not in the {len(addresses)} {kind} address(es)")
+        if not isinstance(task["index"], int):
+            raise ValueError(f"task index {task['index']!r} is not a whole number")
         for job in cluster.values():
             for address in job:
-                address.rsplit(":", 1)[1]
+                host, port = _host_port(address)
+                if not host or not 0 < port < 65536:
+                    raise ValueError(f"{address!r} is not host:port with a port in 1..65535")
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
         raise ClusterError(f"TF_CONFIG is not a cluster description ({type(err).__name__}: {err}); expected e.g. "
                            '{"cluster": {"worker": ["host1:23456", "host2:23456"]}, "task": {"type": "worker", '

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import runtime
@@ -48,15 +49,15 @@ def parse_args(argv=None):
                    help="comma-separated, or all: savedmodel, float32 (tflite_float32), float16 (tflite_float16), "
                         "int8 (tflite_dynamic_int8), full_int8 (tflite_full_int8); keras is always the reference")
     p.add_argument("--int8-io", action="store_true", help="the full-int8 model takes and returns int8 tensors")
-    p.add_argument("--calibration-images", type=int, default=100,
+    p.add_argument("--calibration-images", type=cli.whole_number(1), default=100,
                    help="training images that calibrate the full-int8 model's activation ranges")
     p.add_argument("--data-dir", help="where the run's data tree is now, if it moved (default: the run's)")
-    p.add_argument("--parity-images", type=int, default=20, help="test images for the parity check (without --report)")
+    p.add_argument("--parity-images", type=cli.whole_number(1), default=20, help="test images for the parity check (without --report)")
     p.add_argument("--report", action="store_true",
                    help="measure every format on the whole test split: export_report.json and .md")
-    p.add_argument("--report-images", type=int, help="with --report: at most this many test images (default all)")
-    p.add_argument("--latency-runs", type=int, default=20, help="with --report: timed runs per format and thread count")
-    p.add_argument("--warmup-runs", type=int, default=3, help="with --report: untimed runs first")
+    p.add_argument("--report-images", type=cli.whole_number(1), help="with --report: at most this many test images (default all)")
+    p.add_argument("--latency-runs", type=cli.whole_number(1), default=20, help="with --report: timed runs per format and thread count")
+    p.add_argument("--warmup-runs", type=cli.whole_number(0), default=3, help="with --report: untimed runs first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     cli.add_debug_flag(p)
     return p.parse_args(argv)
@@ -67,6 +68,8 @@ def main(args) -> dict:
     model_path = Path(args.model or run_dir / "best.keras")
     out = Path(args.out_dir or model_path.parent / "export")
     formats = [f for f in deploy.resolve_formats(args.formats) if f != "keras"]
+    if args.int8_io and "tflite_full_int8" not in formats:
+        raise config.ConfigError("--int8-io applies to the full-int8 model: add full_int8 to --formats")
     saved = config.load_run_config(run_dir)
     size = args.size if args.size is not None else saved.get("input_size", config.TRAIN["input_size"].default)
     stride = saved.get("output_stride", config.TRAIN["output_stride"].default)
@@ -84,6 +87,13 @@ def main(args) -> dict:
     atomic.write_text(out / prediction.CLASSES_FILE, json.dumps(tree.classes.to_json(), indent=2))
 
     files = {"keras": str(model_path), **{name: str(out / deploy.FORMATS[name].file) for name in formats}}
+    # Files an earlier export left here for formats not asked for now, and an earlier report,
+    # would describe another model (or another size) beside this one's: remove them.
+    stale = [out / f.file for name, f in deploy.FORMATS.items() if f.file and name not in formats]
+    stale += [out / name for name in ("export_report.json", "export_report.md")]
+    for path in (p for p in stale if p.exists()):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        print(f"removed {path} (from an earlier export)")
     if "savedmodel" in formats:
         deploy.export_saved_model(model, Path(files["savedmodel"]))
     lite = {deploy.FORMATS[name].tflite: name for name in formats if deploy.FORMATS[name].tflite}

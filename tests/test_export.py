@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import cli
+import config
 import data
 import deploy
 import download_data
@@ -118,3 +119,27 @@ def test_moved_data_fails_naming_data_dir(run_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--data-dir" in err
     assert not (moved / "export").exists()  # nothing written before the data was found
+
+
+def test_counts_that_would_measure_nothing_are_usage_errors(capsys):
+    for flag, value in (("--latency-runs", "0"), ("--report-images", "0"), ("--calibration-images", "-1"),
+                        ("--warmup-runs", "-1")):
+        with pytest.raises(SystemExit):
+            export.parse_args([flag, value])
+        assert flag in capsys.readouterr().err
+
+
+def test_int8_io_without_the_full_int8_format_is_refused(run_dir):
+    with pytest.raises(config.ConfigError, match="--int8-io"):
+        export.main(export.parse_args(["--run-dir", str(run_dir), "--formats", "float32", "--int8-io", *FAST]))
+
+
+def test_a_new_export_removes_what_an_earlier_one_left_for_other_formats(run_dir, tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    for name in ("model_float16.tflite", "export_report.json", "export_report.md"):
+        (out / name).write_bytes(b"from an older model")
+    (out / "notes.txt").write_text("mine")
+    export.main(export.parse_args(["--run-dir", str(run_dir), "--formats", "float32", "--out-dir", str(out), *FAST]))
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "model_float32.tflite", "notes.txt",
+                                                     "parity.json"]

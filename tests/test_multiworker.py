@@ -155,3 +155,11 @@ def test_settings_it_cannot_run_are_refused_before_any_worker_waits(data_dir, tm
     with pytest.raises(config.ConfigError, match="--worker-timeout must be positive"):
         train.main(train.parse_args([*argv, "--worker-timeout", "0"]))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("address", ["localhost:abc", "localhost:", "localhost:99999", ":2222"])
+def test_a_cluster_address_without_a_usable_port_is_refused(monkeypatch, address):
+    monkeypatch.setenv(distributed.TF_CONFIG, json.dumps({"cluster": {"worker": [address]},
+                                                          "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(distributed.ClusterError, match="not a cluster description"):
+        distributed.cluster_from_env()
