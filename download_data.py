@@ -329,6 +329,17 @@ def _verify_and_commit(part: Path, dest: Path, checksum: Checksum, size: int | N
     return dest
 
 
+def fetch(urls, archive: Path, checksum: Checksum, size: int | None, progress: bool = True,
+          **download_kwargs) -> None:
+    """An archive already at `archive` is verified in place; otherwise it is downloaded from the
+    first of `urls` that delivers it whole and verified (DownloadError when none does)."""
+    if archive.is_file():
+        print(f"found {archive}; checking it")
+        verify_in_place(archive, checksum, size, progress)
+    else:
+        download(list(urls), archive, checksum, size, progress=progress, **download_kwargs)
+
+
 def verify_in_place(archive: Path, checksum: Checksum, size: int | None, progress: bool = True) -> None:
     """An archive already at its place (maybe put there by hand) is the pinned one; never deleted here."""
     got = archive.stat().st_size
@@ -417,12 +428,7 @@ def ensure_voc(data_dir: str | Path = "data", urls: tuple[str, ...] = OFFICIAL_U
     if extracted.exists():
         raise DownloadError(f"{extracted} exists but holds no VOC tree ({ARCHIVE_TREE}/ with {data.IMAGES_DIR}/, "
                             f"{data.MASKS_DIR}/ and {data.SPLITS_DIR}/); move it away and rerun")
-    checksum = ("sha256", sha256)
-    if archive.is_file():
-        print(f"found {archive}; checking it")
-        verify_in_place(archive, checksum, size, progress)
-    else:
-        download(list(urls), archive, checksum, size, progress=progress, **download_kwargs)
+    fetch(urls, archive, ("sha256", sha256), size, progress, **download_kwargs)
     safe_extract(archive, extracted, progress=progress)
     root = extracted / ARCHIVE_TREE
     if not data.is_tree(root):
@@ -510,12 +516,7 @@ def ensure_sbd(data_dir: str | Path = "data", urls: tuple[str, ...] = SBD_URLS, 
     archive, extracted = data_dir / SBD_ARCHIVE_NAME, data_dir / SBD_EXTRACTED_NAME
     dataset = extracted / SBD_DATASET
     if not extracted.exists():
-        checksum = ("md5", md5)
-        if archive.is_file():
-            print(f"found {archive}; checking it")
-            verify_in_place(archive, checksum, None, progress)
-        else:
-            download(list(urls), archive, checksum, None, progress=progress, **download_kwargs)
+        fetch(urls, archive, ("md5", md5), None, progress, **download_kwargs)
         safe_extract(archive, extracted, select=_sbd_member, progress=progress)
     missing = [name for name in SBD_NEEDED if not (dataset / name).exists()]
     if missing:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from common import emit  # common imports TensorFlow only inside machine(), which is not used here
 
+import runtime  # noqa: E402 (on the path through common; stdlib only)
+
 try:
     import torch
     import torch.nn.functional as F
@@ -159,14 +161,7 @@ class DeepLabV3(nn.Module):
 
 def machine() -> dict:
     """What the numbers were measured on (common.machine() would import TensorFlow)."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = runtime.cpu_model()  # runtime.py imports no TensorFlow
     # cpu_capability is the widest vector ISA torch's own kernels dispatch to (e.g. "AVX2", "AVX512").
     return {"cpu": cpu, "arch": platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),

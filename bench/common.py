@@ -19,12 +19,7 @@ def machine() -> dict:
     import model
     import runtime
 
-    cpu = "unknown"
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = runtime.cpu_model()
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     # The CPU features decide TensorFlow's kernels: oneDNN is on by default only with
     # AVX-512-class ones, and bfloat16 is fast only with avx512_bf16 or AMX.

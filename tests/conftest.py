@@ -149,3 +149,24 @@ def build_cvat_export(root: Path, n: int = 6, size=(24, 18), seed: int = 0, shap
 @pytest.fixture
 def cvat_export():
     return build_cvat_export
+
+
+# The tiny training run the workflow tests share: synthetic data, MobileNetV2, 64 px, no weights.
+TINY_RUN = ["--dataset", "synthetic", "--num-train", "12", "--num-val", "8", "--input-size", "64",
+            "--resize-before-crop", "80", "--batch-size", "4", "--backbone", "mobilenetv2", "--backbone-weights",
+            "none", "--aspp-filters", "16", "--bn-momentum", "0.9", "--lr", "1e-3", "--verbose", "0"]
+
+
+def tiny_argv(data_dir, run_dir, *extra) -> list[str]:
+    """train.py arguments for TINY_RUN on `data_dir` into `run_dir`; `extra` flags come last and win."""
+    return ["--data-dir", str(data_dir), "--run-dir", str(run_dir), *TINY_RUN, *extra]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The synthetic tree TINY_RUN asks for (12 train, 8 val, 64-128 px), once per test module."""
+    import download_data
+
+    d = tmp_path_factory.mktemp("data")
+    download_data.ensure_synthetic(d, 12, 8, progress=False, min_size=64, max_size=128)
+    return d

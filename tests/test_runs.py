@@ -12,7 +12,6 @@ import tensorflow as tf
 from PIL import Image
 
 import config
-import download_data
 import evaluate
 import export
 import predict
@@ -20,29 +19,19 @@ import prediction
 import train
 import training
 
+from conftest import tiny_argv  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "synthetic", "--num-train", "12", "--num-val", "8", "--input-size", "64",
-        "--resize-before-crop", "80", "--batch-size", "4", "--backbone", "mobilenetv2", "--backbone-weights",
-        "none", "--aspp-filters", "16", "--bn-momentum", "0.9", "--lr", "1e-3", "--verbose", "0"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    download_data.ensure_synthetic(d, 12, 8, progress=False, min_size=64, max_size=128)
-    return d
-
-
-def _argv(data_dir, run_dir, *extra):
-    return ["--data-dir", str(data_dir), "--run-dir", str(run_dir), *TINY, *extra]
 
 
 @pytest.fixture(scope="module")
 def finished_run(data_dir, tmp_path_factory):
     """A finished one-epoch run, copied afresh for each test that damages it."""
     run_dir = tmp_path_factory.mktemp("run") / "run"
-    train.main(train.parse_args(_argv(data_dir, run_dir, "--epochs", "1", "--steps-per-epoch", "2")))
+    train.main(train.parse_args(tiny_argv(data_dir, run_dir, "--epochs", "1", "--steps-per-epoch", "2")))
     return run_dir
 
 
@@ -65,7 +54,7 @@ def test_fresh_refuses_a_folder_that_holds_no_run(data_dir, tmp_path):
     (folder / "other_run" / "best.keras").write_bytes(b"precious")
     (folder / "notes.txt").write_text("mine")
     with pytest.raises(training.RunError, match="holds no train.py run"):
-        train.main(train.parse_args(_argv(data_dir, folder, "--fresh", "--epochs", "1")))
+        train.main(train.parse_args(tiny_argv(data_dir, folder, "--fresh", "--epochs", "1")))
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "other_run" / "best.keras").exists()
 
 
@@ -80,7 +69,7 @@ def test_a_second_process_on_a_run_directory_is_refused_with_the_holders_pid(dat
     run_dir = tmp_path / "run"
     with training.RunLock(run_dir):
         with pytest.raises(training.RunError, match=rf"in use by train.py \(pid {os.getpid()}\)"):
-            train.main(train.parse_args(_argv(data_dir, run_dir, "--epochs", "1")))
+            train.main(train.parse_args(tiny_argv(data_dir, run_dir, "--epochs", "1")))
     with training.RunLock(run_dir):  # released: free again
         pass
 
@@ -94,7 +83,7 @@ def test_checkpoints_without_a_valid_state_are_an_error_not_a_fresh_start(data_d
         state.write_text(state.read_text()[:40])
     before = _snapshot(run_copy)
     with pytest.raises(training.RunError, match="--fresh"):
-        train.main(train.parse_args(_argv(data_dir, run_copy, "--epochs", "2")))
+        train.main(train.parse_args(tiny_argv(data_dir, run_copy, "--epochs", "2")))
     assert _snapshot(run_copy) == before  # best.keras, the log and the config are untouched
 
 
@@ -102,14 +91,14 @@ def test_a_truncated_last_checkpoint_is_an_error_naming_it(data_dir, run_copy):
     last = run_copy / "state" / "last.keras"
     last.write_bytes(last.read_bytes()[:1000])
     with pytest.raises(training.RunError, match=r"last\.keras cannot be loaded"):
-        train.main(train.parse_args(_argv(data_dir, run_copy, "--epochs", "2", "--steps-per-epoch", "2")))
+        train.main(train.parse_args(tiny_argv(data_dir, run_copy, "--epochs", "2", "--steps-per-epoch", "2")))
 
 
 def test_changing_the_data_on_resume_is_refused_before_anything_is_regenerated(data_dir, run_copy):
     recipe = data_dir / "synthetic" / "synthetic.json"
     before = recipe.read_text(), _snapshot(data_dir)
     with pytest.raises(config.ConfigError, match="num_train"):
-        train.main(train.parse_args(_argv(data_dir, run_copy, "--epochs", "2", "--num-train", "14")))
+        train.main(train.parse_args(tiny_argv(data_dir, run_copy, "--epochs", "2", "--num-train", "14")))
     assert (recipe.read_text(), _snapshot(data_dir)) == before
 
 
@@ -118,7 +107,7 @@ def test_leftover_temporary_checkpoints_are_removed_on_resume(data_dir, run_copy
                               text=True).stdout)
     leftover = run_copy / "state" / f".last.keras.tmp-{dead}-0a1b2c3d.keras"
     leftover.write_bytes(b"\0" * 1000)
-    train.main(train.parse_args(_argv(data_dir, run_copy, "--epochs", "2", "--steps-per-epoch", "2")))
+    train.main(train.parse_args(tiny_argv(data_dir, run_copy, "--epochs", "2", "--steps-per-epoch", "2")))
     assert not leftover.exists()
     assert [r["epoch"] for r in json.loads((run_copy / "state" / "state.json").read_text())["history"]] == [1, 2]
 
@@ -128,7 +117,7 @@ def test_a_full_disk_stops_before_a_checkpoint_is_written(data_dir, run_copy, mo
     before = last.read_bytes()
     monkeypatch.setattr(training.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 9, 10 ** 9, 10))
     with pytest.raises(training.RunError, match="not enough disk space"):
-        train.main(train.parse_args(_argv(data_dir, run_copy, "--epochs", "2", "--steps-per-epoch", "2")))
+        train.main(train.parse_args(tiny_argv(data_dir, run_copy, "--epochs", "2", "--steps-per-epoch", "2")))
     assert last.read_bytes() == before  # the last good checkpoint is intact
     assert json.loads((run_copy / "state" / "state.json").read_text())["epoch"] == 0
 
@@ -144,7 +133,7 @@ def test_a_huge_finite_loss_is_divergence(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(training.RunState, "on_epoch_begin", blow_up)
     with pytest.raises(SystemExit, match=r"diverged: loss \d\.\d+e\+\d\d"):
-        train.main(train.parse_args(_argv(data_dir, tmp_path / "run", "--epochs", "3", "--steps-per-epoch", "2")))
+        train.main(train.parse_args(tiny_argv(data_dir, tmp_path / "run", "--epochs", "3", "--steps-per-epoch", "2")))
     assert json.loads((tmp_path / "run" / "state" / "state.json").read_text())["epoch"] == 0
 
 
@@ -158,7 +147,7 @@ def test_divergence_in_the_first_epoch_says_nothing_was_kept(data_dir, tmp_path,
 
     monkeypatch.setattr(training.RunState, "on_epoch_begin", poison)
     with pytest.raises(SystemExit, match="No epoch finished, so nothing was kept"):
-        train.main(train.parse_args(_argv(data_dir, tmp_path / "run", "--epochs", "2", "--steps-per-epoch", "2")))
+        train.main(train.parse_args(tiny_argv(data_dir, tmp_path / "run", "--epochs", "2", "--steps-per-epoch", "2")))
 
 
 def test_evaluate_a_missing_run_is_an_error_and_downloads_nothing(tmp_path, monkeypatch):

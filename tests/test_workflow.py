@@ -15,7 +15,6 @@ from PIL import Image
 
 import config
 import data
-import download_data
 import evaluate
 import predict
 import train
@@ -25,29 +24,19 @@ from data import ClassTable
 
 VOC = ClassTable.voc()
 
+from conftest import tiny_argv  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "synthetic", "--num-train", "12", "--num-val", "8", "--input-size", "64",
-        "--resize-before-crop", "80", "--batch-size", "4", "--backbone", "mobilenetv2", "--backbone-weights",
-        "none", "--aspp-filters", "16", "--bn-momentum", "0.9", "--lr", "1e-3", "--verbose", "0"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    download_data.ensure_synthetic(d, 12, 8, progress=False, min_size=64, max_size=128)
-    return d
-
-
-def _argv(data_dir, run_dir, *extra):
-    return ["--data-dir", str(data_dir), "--run-dir", str(run_dir), *TINY, *extra]
 
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    result = train.main(train.parse_args(_argv(data_dir, run_dir, "--epochs", "2", "--steps-per-epoch", "3")))
+    result = train.main(train.parse_args(tiny_argv(data_dir, run_dir, "--epochs", "2", "--steps-per-epoch", "3")))
     return run_dir, result
 
 
@@ -72,14 +61,14 @@ def test_train_writes_config_log_and_checkpoints(trained):
 
 def test_finished_run_is_not_trained_again(trained, data_dir, capsys):
     run_dir, _ = trained
-    result = train.main(train.parse_args(_argv(data_dir, run_dir, "--epochs", "2", "--steps-per-epoch", "3")))
+    result = train.main(train.parse_args(tiny_argv(data_dir, run_dir, "--epochs", "2", "--steps-per-epoch", "3")))
     assert "already finished" in capsys.readouterr().out and result["initial_epoch"] == 2
 
 
 def test_changed_settings_refuse_to_resume(trained, data_dir):
     run_dir, _ = trained
     with pytest.raises(config.ConfigError, match="input_size"):
-        train.main(train.parse_args(_argv(data_dir, run_dir, "--epochs", "3", "--input-size", "96")))
+        train.main(train.parse_args(tiny_argv(data_dir, run_dir, "--epochs", "3", "--input-size", "96")))
 
 
 def test_demo_defaults_and_explicit_flags():
@@ -91,7 +80,7 @@ def test_demo_defaults_and_explicit_flags():
 
 
 def test_xla_flag_reaches_the_compiled_model(data_dir, tmp_path):
-    config = train.resolve_config(train.parse_args(_argv(data_dir, tmp_path, "--xla")))
+    config = train.resolve_config(train.parse_args(tiny_argv(data_dir, tmp_path, "--xla")))
     assert train.build_model(config, voc.NUM_CLASSES)[0].jit_compile is True
     assert train.build_model({**config, "xla": False}, voc.NUM_CLASSES)[0].jit_compile is False
 
@@ -168,7 +157,7 @@ def test_nan_loss_stops_with_error_and_keeps_last_good_state(data_dir, tmp_path,
     monkeypatch.setattr(training.RunState, "on_epoch_begin", poisoned)
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
-        train.main(train.parse_args(_argv(data_dir, run_dir, "--epochs", "3", "--steps-per-epoch", "2")))
+        train.main(train.parse_args(tiny_argv(data_dir, run_dir, "--epochs", "3", "--steps-per-epoch", "2")))
     assert exit_info.value.code not in (0, None) and "diverged: loss nan" in str(exit_info.value.code)
     state = json.loads((run_dir / "state" / "state.json").read_text())
     assert state["epoch"] == 0 and len(state["history"]) == 1
@@ -182,7 +171,7 @@ def _env():
 
 def test_killed_run_resumes_without_repeating_an_epoch(data_dir, tmp_path):
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "train.py", *_argv(data_dir, run_dir, "--epochs", "3", "--steps-per-epoch", "12")]
+    argv = [sys.executable, "train.py", *tiny_argv(data_dir, run_dir, "--epochs", "3", "--steps-per-epoch", "12")]
     state_path = run_dir / "state" / "state.json"
     proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -209,7 +198,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, {str(ROOT)!r})
 import train
-argv = {_argv(data_dir, tmp_path / "run", "--epochs", "1", "--steps-per-epoch", "2", "--strategy", "mirrored")!r}
+argv = {tiny_argv(data_dir, tmp_path / "run", "--epochs", "1", "--steps-per-epoch", "2", "--strategy", "mirrored")!r}
 result = train.main(train.parse_args(argv))
 print("history", len(result["history"]))
 """
