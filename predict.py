@@ -32,6 +32,7 @@ import runtime
 
 runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see runtime.py)
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -142,9 +143,12 @@ def output_names(files: list[Path]) -> list[str]:
 
 def overlay(image: np.ndarray, mask: np.ndarray, classes: ClassTable, alpha: float) -> np.ndarray:
     """Blend class colours over the image wherever a class other than class 0 is predicted."""
-    colours = classes.colourize(mask).astype(np.float32)
-    blended = np.where((mask > 0)[..., None], (1 - alpha) * image + alpha * colours, image)
-    return np.clip(blended, 0, 255).astype(np.uint8)
+    if image.dtype != np.uint8:  # read_image gives float32 in [0, 255]
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    # Saturating uint8 arithmetic (OpenCV): a third of the float32 blend's time, which counts
+    # on the video writer's thread.
+    blended = cv2.addWeighted(image, 1.0 - alpha, classes.colourize(mask), alpha, 0.0)
+    return np.where((mask > 0)[..., None], blended, image)
 
 
 def predict_files(predictor: prediction.Predictor, files: list[Path], out: Path, classes: ClassTable | None = None,
