@@ -21,6 +21,7 @@ from common import bench_voc_root, emit, machine
 import numpy as np
 import tensorflow as tf
 
+import data
 import pipeline
 from voc import PALETTE
 
@@ -67,8 +68,7 @@ def parse_args(argv=None):
 
 def main(args):
     root = bench_voc_root(args.data_dir, args.num_images)
-    orig, seg, sets = pipeline.voc_dirs(root)
-    pairs = list(pipeline.get_subset_filenames(orig, seg, sets, "train"))
+    pairs = data.Tree(root, data.ClassTable.voc()).pairs("train")
     n = len(pairs) // args.batch_size  # whole batches per pass
     size = (args.input_size, args.input_size)
 
