@@ -30,6 +30,7 @@ IMAGES_DIR = "JPEGImages"
 MASKS_DIR = "SegmentationClass"
 AUG_MASKS_DIR = "SegmentationClassAug"  # SBD's masks beside VOC's, as mmsegmentation lays them out
 SPLITS_DIR = Path("ImageSets") / "Segmentation"
+TRAINAUG_LIST = "trainaug.txt"  # in SPLITS_DIR: VOC train and SBD, written by download_data.py --sbd
 LABELMAP = "labelmap.txt"
 # Where a VOC 2012 tree may lie under --data-dir, in the order they are tried.
 VOC_LAYOUTS = (Path("."), Path("VOC2012"), Path("VOCdevkit") / "VOC2012",
@@ -220,6 +221,18 @@ _VOC_TABLE = ClassTable(voc.CLASS_NAMES, tuple(tuple(int(v) for v in c) for c in
                         (tuple(int(v) for v in voc.PALETTE[voc.IGNORE_LABEL]),))
 
 
+def rgb_array(image: Image.Image, dtype=np.uint8) -> np.ndarray:
+    """(H, W, 3) RGB in [0, 255] of any image PIL reads, as `dtype`: grayscale, palettized and
+    CMYK images are converted; 16-bit ones (modes I;16, I) are scaled to 8-bit range
+    (65535 -> 255, rounded for integer dtypes), not clipped, which would turn them white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = np.clip(np.asarray(image, dtype=np.float32) / 257.0, 0.0, 255.0)
+        if np.issubdtype(dtype, np.integer):
+            grey = np.rint(grey)
+        return np.repeat(grey.astype(dtype)[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=dtype)
+
+
 def read_ids(listing: Path) -> list[str]:
     """Ids of a split list, one per line, in file order, duplicates dropped."""
     try:
@@ -265,7 +278,7 @@ def subset_ids(splits_dir: Path, subset: str, val_fraction: float = DEFAULT_VAL_
     if subset not in SUBSETS:
         raise DataError(f"unknown subset {subset!r}; expected one of {', '.join(SUBSETS)}")
     if subset == "trainaug":
-        listing = splits_dir / "trainaug.txt"
+        listing = splits_dir / TRAINAUG_LIST
         if not listing.is_file():
             raise DataError(f"no {listing}: run `python download_data.py --sbd` to build SBD's trainaug split")
         return read_ids(listing)

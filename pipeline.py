@@ -50,7 +50,7 @@ def load_example(jpg_path: str, png_path: str, classes: ClassTable | None = None
     classes = classes or ClassTable.voc()
     try:
         with Image.open(jpg_path) as im:
-            image = np.asarray(im.convert("RGB"))
+            image = data.rgb_array(im)  # uint8
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... all mean "bad file"
         raise DataError(f"cannot read image {jpg_path}: {type(err).__name__}: {err}") from None
     try:

@@ -19,6 +19,7 @@ from PIL import Image
 import losses  # noqa: F401
 import metrics  # noqa: F401
 import model as _model  # noqa: F401
+import data
 from data import ClassTable, classes_from_json_file
 from errors import KitError
 
@@ -161,14 +162,11 @@ def classes_for_model(path: str | Path, model=None, labelmap: str | Path | None 
 def read_image(path: str | Path) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 255] from any image file PIL reads.
 
-    Grayscale and palettized images become RGB; 16-bit images (PIL modes I;16 and I) are
-    scaled to 8 bits rather than clipped, which would turn them white.
+    Decoded as training decodes it (data.rgb_array: 16-bit images scaled to 8-bit range, not
+    clipped), without rounding them to whole values.
     """
     with Image.open(path) as im:
-        if im.mode.startswith("I;16") or im.mode == "I":
-            grey = np.asarray(im, dtype=np.float32) / 257.0  # 65535 -> 255
-            return np.repeat(np.clip(grey, 0.0, 255.0)[..., None], 3, axis=-1)
-        return np.asarray(im.convert("RGB"), dtype=np.float32)
+        return data.rgb_array(im, np.float32)
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:

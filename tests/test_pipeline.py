@@ -121,6 +121,16 @@ def test_grayscale_and_cmyk_jpegs_give_three_channels(tmp_path, mode):
     assert tuple(x.shape) == (1, 16, 16, 3)
 
 
+def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped_white(tmp_path):
+    # The same decoding as predict.py's (data.rgb_array): training and evaluation see what it sees.
+    png, mask = tmp_path / "deep.png", tmp_path / "deep_mask.png"
+    Image.fromarray(np.full((20, 30), 30000, np.uint16)).save(png)
+    VOC.save_mask(np.zeros((20, 30), np.uint8), mask)
+    image, _ = pipeline.load_example(str(png), str(mask))
+    assert image.dtype == np.uint8 and image.shape == (20, 30, 3)
+    np.testing.assert_array_equal(image, round(30000 / 257))
+
+
 def _pair(tmp_path, mask_value=0, truncate=False):
     jpg, png = tmp_path / "bad.jpg", tmp_path / "bad.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(jpg)
