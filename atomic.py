@@ -33,12 +33,12 @@ def temporary_name(path: Path) -> Path:
 
 
 def _fsync(path: Path) -> None:
-    """Flush a file (or every file of a folder) and then its folder entry to disk."""
+    """Flush a file (or every file of a folder) to disk; its folder entry is flushed by the
+    caller after the rename, the entry that lasts."""
     targets = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
     for target in targets:
         with open(target, "rb") as f:
             os.fsync(f.fileno())
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

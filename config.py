@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import data
 from errors import KitError
 
 RUN_CONFIG = "config.json"
@@ -56,7 +57,7 @@ TRAIN: dict[str, Setting] = {
     "train_split": Setting("train", "train (train.txt), trainaug (VOC train + SBD, from download_data.py --sbd), "
                            "or auto: trainaug when the tree has it", choices=("train", "trainaug", "auto"),
                            identity=True),
-    "val_fraction": Setting(0.2, "held-out fraction when a tree has one list instead of train.txt + val.txt "
+    "val_fraction": Setting(data.DEFAULT_VAL_FRACTION, "held-out fraction when a tree has one list instead of train.txt + val.txt "
                             "(half validation, half test)", type=float, identity=True),
     "num_train": Setting(200, "synthetic data: training images", type=int, identity=True),
     "num_val": Setting(100, "synthetic data: validation images (halved into val and test)", type=int, identity=True),
@@ -229,6 +230,9 @@ def check(settings: dict) -> None:
                           "between epochs)")
     if settings.get("aux_loss") and settings.get("backbone") != "resnet50":
         raise ConfigError("--aux-loss needs --backbone resnet50: the auxiliary head reads ResNet-50's conv4")
+    if settings.get("xla") and settings.get("strategy") == "multiworker":
+        raise ConfigError("--xla is not supported with --strategy multiworker (its training loop is not "
+                          "compiled with XLA); drop --xla")
     if settings.get("lr") is not None and settings["lr"] <= 0:
         raise ConfigError(f"--lr must be positive, got {settings['lr']}")
 

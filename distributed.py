@@ -142,13 +142,6 @@ def multiworker_strategy(timeout: float) -> tf.distribute.MultiWorkerMirroredStr
     return strategy
 
 
-def check_supported(settings: dict) -> None:
-    """ConfigError for settings the multi-worker loop does not implement."""
-    if settings.get("xla"):
-        raise config.ConfigError("--xla is not supported with --strategy multiworker (its training loop is not "
-                                 "compiled with XLA); drop --xla")
-
-
 def agree(strategy, value: int, what: str) -> None:
     """ClusterError unless every worker passes the same integer `value` (e.g. the epoch it resumes after)."""
     values = strategy.gather(strategy.run(lambda: tf.constant([value], tf.int64)), axis=0).numpy()

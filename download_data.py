@@ -81,7 +81,6 @@ SBD_ARCHIVE_NAME = "benchmark.tgz"
 SBD_EXTRACTED_NAME = "benchmark"  # data_dir/benchmark/benchmark_RELEASE/dataset/
 SBD_DATASET = PurePosixPath("benchmark_RELEASE") / "dataset"
 SBD_NEEDED = ("cls", "img", "train.txt", "val.txt")  # what --sbd extracts of SBD_DATASET
-TRAINAUG_LIST = "trainaug.txt"
 
 SYNTHETIC_DIRNAME = "synthetic"
 CHUNK = 1 << 16  # small enough that a cut connection loses little of what arrived
@@ -499,7 +498,7 @@ def ensure_sbd(data_dir: str | Path = "data", urls: tuple[str, ...] = SBD_URLS, 
                              f"`python download_data.py --data-dir {data_dir}` first")
     tree = data.Tree(root, data.ClassTable.voc())
     tree.check_complete()
-    aug_dir, listing = tree.root / data.AUG_MASKS_DIR, tree.splits_dir / TRAINAUG_LIST
+    aug_dir, listing = tree.root / data.AUG_MASKS_DIR, tree.splits_dir / data.TRAINAUG_LIST
     if listing.is_file():
         try:
             n = tree.check_complete(("trainaug",))["trainaug"]
@@ -508,7 +507,7 @@ def ensure_sbd(data_dir: str | Path = "data", urls: tuple[str, ...] = SBD_URLS, 
             return tree.root
         except data.DataError as err:
             print(f"{listing} is there but incomplete; completing it ({str(err).splitlines()[0]})")
-    why = f"--sbd writes {data.AUG_MASKS_DIR}/ and {data.SPLITS_DIR / TRAINAUG_LIST} into the VOC tree {tree.root}"
+    why = f"--sbd writes {data.AUG_MASKS_DIR}/ and {data.SPLITS_DIR / data.TRAINAUG_LIST} into the VOC tree {tree.root}"
     for folder in (tree.root, tree.splits_dir) + ((aug_dir,) if aug_dir.is_dir() else ()):
         if folder.is_dir():
             require_writable(folder, why + "; copy the tree somewhere writable and point --data-dir there")
@@ -565,7 +564,7 @@ def convert_sbd(tree: data.Tree, dataset: Path, progress: bool = True) -> list[s
             mask = read_sbd_mask(dataset / "cls" / f"{image_id}.mat")
             with atomic.file(png) as tmp:
                 data.ClassTable.voc().save_mask(mask, tmp)
-    listing = tree.splits_dir / TRAINAUG_LIST
+    listing = tree.splits_dir / data.TRAINAUG_LIST
     text = "".join(f"{i}\n" for i in ids)
     if not listing.is_file() or listing.read_text() != text:
         atomic.write_text(listing, text)
@@ -630,13 +629,13 @@ def parse_args(argv=None):
     p.add_argument("--url", action="append", dest="urls",
                    help="VOC archive URL, repeatable, tried in order; replaces the default sources (listed below)")
     p.add_argument("--sha256", default=OFFICIAL_SHA256, help="expected SHA-256 of the VOC archive")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=cli.whole_number(1), default=None,
                    help=f"expected size of the VOC archive in bytes (default: {OFFICIAL_SIZE} with the official "
                         f"--sha256, else not checked)")
     p.add_argument("--sbd-url", action="append", dest="sbd_urls",
                    help="SBD benchmark.tgz URL, repeatable, tried in order; replaces Berkeley's")
     p.add_argument("--sbd-md5", default=SBD_MD5, help="expected MD5 of benchmark.tgz")
-    p.add_argument("--retries", type=int, default=4,
+    p.add_argument("--retries", type=cli.whole_number(0), default=4,
                    help="retries of a source after a server error, timeout or cut connection")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a single read may wait before it is retried")
     p.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry, doubling after")
@@ -651,10 +650,8 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli.add_debug_flag(p)
     args = p.parse_args(argv)
-    if args.size is not None and args.size <= 0:
-        p.error(f"--size must be positive, got {args.size}")
-    if args.min_speed < 0 or args.stall_window <= 0 or args.retries < 0 or args.timeout <= 0 or args.backoff < 0:
-        p.error("--min-speed, --retries and --backoff must be >= 0; --stall-window and --timeout > 0")
+    if args.min_speed < 0 or args.stall_window <= 0 or args.timeout <= 0 or args.backoff < 0:
+        p.error("--min-speed and --backoff must be >= 0; --stall-window and --timeout > 0")
     return args
 
 
@@ -662,12 +659,12 @@ def main(args) -> Path:
     progress = not args.no_progress
     if args.synthetic:
         return ensure_synthetic(args.data_dir, args.num_train, args.num_val, args.seed, progress=progress)
-    fetch = {"retries": args.retries, "timeout": args.timeout, "backoff": args.backoff,
+    download_kwargs = {"retries": args.retries, "timeout": args.timeout, "backoff": args.backoff,
              "min_speed": args.min_speed, "stall_window": args.stall_window}
     if args.sbd:
-        return ensure_sbd(args.data_dir, tuple(args.sbd_urls or SBD_URLS), args.sbd_md5, progress=progress, **fetch)
+        return ensure_sbd(args.data_dir, tuple(args.sbd_urls or SBD_URLS), args.sbd_md5, progress=progress, **download_kwargs)
     return ensure_voc(args.data_dir, tuple(args.urls or OFFICIAL_URLS), args.sha256, args.size,
-                      progress=progress, **fetch)
+                      progress=progress, **download_kwargs)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+import config
 from voc import NUM_CLASSES
 
-CLASS_WEIGHTS = ("image", "batch", "dataset", "none")
+CLASS_WEIGHTS = config.TRAIN["class_weights"].choices
 
 
 def dataset_class_weights(pixel_counts) -> list[float]:

@@ -89,7 +89,7 @@ def resolve_train_split(settings: dict, tree: data.Tree) -> str:
     """"auto" (the deeplabv3 recipe) is trainaug when the tree has SBD's list, else train."""
     if settings["train_split"] != "auto":
         return settings["train_split"]
-    return "trainaug" if (tree.splits_dir / "trainaug.txt").is_file() else "train"
+    return "trainaug" if (tree.splits_dir / data.TRAINAUG_LIST).is_file() else "train"
 
 
 def schedule_length(settings: dict, num_train_images: int) -> tuple[int, int, int]:
@@ -146,9 +146,6 @@ def check_same_run(run_dir: Path, saved: dict, settings: dict) -> None:
 def main(args) -> dict:
     settings = resolve_config(args)
     run_dir = Path(settings["run_dir"])
-    multiworker = settings["strategy"] == "multiworker"
-    if multiworker:
-        distributed.check_supported(settings)
     print("configuration:\n" + json.dumps(settings, indent=2), flush=True)
     # First: a multi-worker strategy must configure collective ops before TensorFlow lists devices.
     strategy = training.make_strategy(settings["strategy"], settings["worker_timeout"])

@@ -27,6 +27,7 @@ from keras import ops
 from tqdm import tqdm
 
 import atomic
+import config
 import distributed
 from errors import KitError
 
@@ -45,8 +46,9 @@ class RunError(KitError):
 
 
 # Everything train.py, evaluate.py and export.py write into a run directory: what --fresh removes.
-RUN_FILES = ("config.json", "log.csv", "best.keras", STATE_DIR, "tensorboard", "metrics.json", "per_class_iou.md",
-             "confusion_matrix.png", "predictions.png", "training_curves.png", "export")
+RUN_FILES = (config.RUN_CONFIG, "log.csv", "best.keras", STATE_DIR, "tensorboard", "metrics.json",
+             "per_class_iou.md", "confusion_matrix.png", "predictions.png", "navigation.png", "training_curves.png",
+             "export")
 LOCK_FILE = ".lock"
 
 
@@ -95,7 +97,7 @@ def discard_run(run_dir: Path) -> list[str]:
     """
     if not run_dir.exists():
         return []
-    if not ((run_dir / "config.json").is_file() or (run_dir / STATE_DIR).is_dir()):
+    if not ((run_dir / config.RUN_CONFIG).is_file() or (run_dir / STATE_DIR).is_dir()):
         raise RunError(f"--fresh: {run_dir} holds no train.py run (no config.json or {STATE_DIR}/), so nothing is "
                        f"deleted; give --run-dir the run's own folder")
     removed = []
@@ -168,8 +170,7 @@ def set_precision(mixed: bool) -> str:
     return policy
 
 
-SCHEDULES = ("plateau", "poly", "cosine", "constant")
-OPTIMIZERS = ("adam", "sgd", "adamw")
+OPTIMIZERS = config.TRAIN["optimizer"].choices
 
 
 @keras.saving.register_keras_serializable(package="deeplab")

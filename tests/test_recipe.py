@@ -150,6 +150,16 @@ def test_freeze_bn_keeps_every_batch_norm_fixed():
             np.testing.assert_array_equal(got, want, err_msg=layer.name)
 
 
+def test_the_declared_choices_are_the_ones_the_code_implements():
+    # config.py declares choices without importing TensorFlow; the implementations must match.
+    assert set(config.TRAIN["loss"].choices) == set(losses.LOSSES)
+    assert set(config.TRAIN["backbone"].choices) == set(deeplab.BACKBONES)
+    for schedule in config.TRAIN["schedule"].choices:
+        training.learning_rate(schedule, 0.01, total_steps=10)
+    for name in config.TRAIN["optimizer"].choices:
+        training.make_optimizer(name, 0.01)
+
+
 def test_presets_resolve_with_explicit_flags_winning():
     chapter = train.resolve_config(train.parse_args([]))
     assert (chapter["optimizer"], chapter["schedule"], chapter["lr"], chapter["input_size"]) == ("adam", "plateau",
