@@ -45,6 +45,7 @@ import prediction
 import runtime
 from data import DataError
 from errors import KitError
+from model import onednn_enabled
 
 ROOT = Path(__file__).resolve().parent
 
@@ -285,19 +286,17 @@ def size_mb(path: str | Path) -> float:
 
 def machine() -> dict:
     """What the latencies were measured on."""
-    cpu = runtime.cpu_model()
-    from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own query (model.onednn_enabled)
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "features": sorted(runtime.cpu_features()),
-            "onednn": bool(_pywrap_util_port.IsMklEnabled()), "tensorflow": tf.__version__,
+    return {"cpu": runtime.cpu_model(), "cores": os.cpu_count(), "features": sorted(runtime.cpu_features()),
+            "onednn": onednn_enabled(), "tensorflow": tf.__version__,
             "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
 
 
 def measure(files: dict[str, str], classes, test: tuple[list, list], size: int, threads: dict[str, int] | None = None,
-            warmup: int = 3, runs: int = 20, progress: bool = True) -> dict[str, dict]:
+            warmup: int = 3, runs: int = 20, progress: bool = True, keras_model=None) -> dict[str, dict]:
     """{format: {size_mb, latency_ms: {threads: ms}, mean_iou, pixel_accuracy, agreement}}.
 
-    files: {format name: path}, with "keras" among them (the reference for `agreement`).
+    files: {format name: path}, with "keras" among them (the reference for `agreement`);
+    keras_model: files["keras"] already loaded, if the caller has it (not loaded again).
     test: (images, masks) from images_of, at `size`. Latency is timed on test_pattern(size).
     Thread settings with the same count are timed once.
     """
@@ -310,7 +309,7 @@ def measure(files: dict[str, str], classes, test: tuple[list, list], size: int, 
     results, reference = {}, None
     for name in ["keras", *(n for n in files if n != "keras")]:
         bar.set_postfix_str(f"{name}: accuracy")
-        model = prediction.load_model(files[name])
+        model = keras_model if name == "keras" and keras_model is not None else prediction.load_model(files[name])
         predictor, masks = prediction.Predictor(model), []
         cm = metrics.ConfusionMatrix(classes.num_classes)
         for image, label in zip(images, labels):

@@ -83,7 +83,8 @@ def main(args) -> dict:
     pipeline.check_files(pairs, classes, f"{args.subset} files")
     original = args.resolution == "original"
     ds = pipeline.get_subset_tf_dataset(pairs, 1 if original else args.batch_size, 1, classes=classes,
-                                        input_size=None if original else (input_size,) * 2)
+                                        input_size=None if original else (input_size,) * 2,
+                                        cache=False)  # one pass: nothing reads the images again
 
     cm = metrics.ConfusionMatrix(classes.num_classes)  # one matrix for the whole subset
     examples = []

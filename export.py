@@ -103,7 +103,7 @@ def main(args) -> dict:
 
     if args.report:
         measured = deploy.measure(files, tree.classes, test, size, warmup=args.warmup_runs, runs=args.latency_runs,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, keras_model=model)
         agreements = {name: r["agreement"] for name, r in measured.items()}
     else:
         keras_masks = deploy.predict_masks(model, test[0])

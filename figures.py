@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import navigation  # noqa: E402
 from data import ClassTable  # noqa: E402
 
 
@@ -108,7 +109,7 @@ def navigation_figure(examples: list[tuple[np.ndarray, np.ndarray, dict]], path:
         row[1].imshow(classes.colourize(pred))
         row[1].set_title("prediction")
         im = row[2].imshow(cost, cmap="RdYlGn_r", vmin=0, vmax=1)
-        edges = np.linspace(0, width, len(costs) + 1) - 0.5
+        edges = navigation.strip_edges(width, len(costs)) - 0.5  # the strips plan() costed, pixel borders
         row[2].axhline(height // 2 - 0.5, color="white", linestyle="--", linewidth=1)
         row[2].vlines(edges[1:-1], height // 2 - 0.5, height - 0.5, colors="white", linewidth=0.8)
         if not result["stop"]:

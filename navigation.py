@@ -279,7 +279,7 @@ def cost_map(probs: npt.ArrayLike, profile: str | Profile = "safe",
     return max_filter(cost, spec.radius(p.shape[1])).astype(np.float32, copy=False)
 
 
-def _strip_edges(width: int, sectors: int) -> np.ndarray:
+def strip_edges(width: int, sectors: int) -> np.ndarray:
     """Column edges of `sectors` strips, (sectors + 1,): mirror-symmetric, each >= 1 column.
 
     The right half mirrors the left, so a mirrored image gives mirrored strips (exactly,
@@ -324,7 +324,7 @@ def plan(cost: npt.ArrayLike, sectors: int = 5, stop_threshold: float = 0.5) -> 
     near = c[height // 2:]  # (n, W): for odd H the middle row counts as near
     weights = np.arange(1, near.shape[0] + 1, dtype=np.float64)  # (n,), largest at the bottom
     column_cost = weights @ near / weights.sum()  # (W,)
-    edges = _strip_edges(width, sectors)
+    edges = strip_edges(width, sectors)
     strip_cost = np.add.reduceat(column_cost, edges[:-1]) / np.diff(edges)  # (sectors,)
     tied = np.flatnonzero(strip_cost <= strip_cost.min() + TIE_TOLERANCE)
     centre = (sectors - 1) / 2

@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import atomic  # noqa: E402
 import cli  # noqa: E402
 import config  # noqa: E402
 import figures  # noqa: E402
@@ -54,9 +55,10 @@ def _smooth_factor(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1) (0: no smoothing, 0.8: heavy), got {value:g}")
-    return value
+    try:
+        return video.check_smooth(value)  # the bound lives there
+    except video.VideoError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _class_costs(text: str) -> dict[str, float]:
@@ -175,17 +177,16 @@ def predict_files(predictor: prediction.Predictor, files: list[Path], out: Path,
         else:
             probs = predictor.probabilities(image[None])[0].numpy()  # (H, W, C)
             mask = probs.argmax(axis=-1).astype(np.uint8)
-            result = navigation.navigate(probs, nav.profile, nav.class_costs, nav.sectors, nav.stop_threshold)
+            result = nav.navigate(probs)
             picture = video.draw_navigation(overlay(image, mask, classes, alpha), result)
             figures.navigation_figure([(image, mask, result)], out / f"{name}_navigation.png", classes,
                                       profile=nav.profile, stop_threshold=nav.stop_threshold)
-            headings.append({"image": str(path), "heading": result["heading"], "stop": result["stop"],
-                             "sector_costs": [round(c, 6) for c in result["sector_costs"]]})
+            headings.append({"image": str(path), **nav.record(result)})
         classes.save_mask(mask, out / f"{name}_mask.png")
         Image.fromarray(picture).save(out / f"{name}_overlay.jpg", quality=90)
         written.append(out / f"{name}_mask.png")
     if nav is not None:
-        (out / NAVIGATION_LOG).write_text("".join(json.dumps(h) + "\n" for h in headings), encoding="utf-8")
+        atomic.write_text(out / NAVIGATION_LOG, "".join(json.dumps(h) + "\n" for h in headings))
     return written, failed
 
 

@@ -59,6 +59,16 @@ class NavigationSpec:
     sectors: int = 5
     stop_threshold: float = 0.5
 
+    def navigate(self, probs: np.ndarray) -> dict:
+        """navigation.navigate of (H, W, C) probabilities with these settings."""
+        return navigation.navigate(probs, self.profile, self.class_costs, self.sectors, self.stop_threshold)
+
+    @staticmethod
+    def record(result: dict) -> dict:
+        """The JSON-lines fields of a navigate() result."""
+        return {"heading": result["heading"], "stop": result["stop"],
+                "sector_costs": [round(c, 6) for c in result["sector_costs"]]}
+
 
 def check_smooth(value: float) -> float:
     """`value` if it is a valid smoothing factor, in [0, 1); else a KitError saying so."""
@@ -142,7 +152,7 @@ def draw_navigation(frame: np.ndarray, result: dict) -> np.ndarray:
     out = np.ascontiguousarray(frame, dtype=np.uint8).copy()
     height, width = out.shape[:2]
     costs = result["sector_costs"]
-    edges = np.linspace(0, width, len(costs) + 1).round().astype(int)
+    edges = navigation.strip_edges(width, len(costs))  # the strips plan() costed
     bar = max(4, height // 14)
     top = height - bar
     for s, cost in enumerate(costs):
@@ -187,10 +197,7 @@ class _Annotator:
             self.mask = probs.argmax(axis=-1).astype(np.uint8)  # (H, W)
             self.record = {"class_fractions": class_fractions(self.mask, self.classes.names)}
             if self.nav is not None:
-                result = navigation.navigate(probs, self.nav.profile, self.nav.class_costs, self.nav.sectors,
-                                             self.nav.stop_threshold)
-                self.record.update(heading=result["heading"], stop=result["stop"],
-                                   sector_costs=[round(c, 6) for c in result["sector_costs"]])
+                self.record.update(self.nav.record(self.nav.navigate(probs)))
         annotated = self.overlay(frame, self.mask, self.classes, self.alpha)
         if self.nav is not None:
             annotated = draw_navigation(annotated, self.record)

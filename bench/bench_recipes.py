@@ -23,8 +23,6 @@ from pathlib import Path
 
 from common import ROOT, emit
 
-sys.path.insert(0, str(ROOT))
-
 
 def run(name: str, extra: list[str], data_dir: Path, work: Path, iterations: int, seed: int) -> dict:
     """Train one configuration with train.py and score it with evaluate.py, each in its own process."""
