@@ -203,11 +203,20 @@ class Predictor:
         self.slid = 0  # images run window by window so far
         fixed = model.input_shape[1:3]
         self.fixed_size = tuple(fixed) if None not in fixed else None
-        self._probabilities = self._probabilities_graph
+        # Logits rank classes as the probabilities do (softmax is monotonic) only for one view
+        # at the image's own size: averaged views, or probabilities resized back from a
+        # fixed-size model, can rank them differently.
+        self.single_view = self.scales == (1.0,) and not self.flip and self.fixed_size is None
+        self._probabilities, self._masks = self._probabilities_graph, self._masks_graph
+        self._smoothed = self._smoothed_graph
         if getattr(model, "traceable", True):
-            # One trace for every image size: the signature leaves H and W unknown.
+            # One trace for every image size: the signatures leave H and W unknown.
+            images = tf.TensorSpec((None, None, None, 3), tf.float32)
             self._probabilities = tf.function(self._probabilities_graph, reduce_retracing=True,
-                                              input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+                                              input_signature=[images])
+            self._masks = tf.function(self._masks_graph, reduce_retracing=True, input_signature=[images])
+            self._smoothed = tf.function(self._smoothed_graph, reduce_retracing=True, input_signature=[
+                images, tf.TensorSpec((None, None, None, None), tf.float32), tf.TensorSpec((), tf.float32)])
 
     def _forward(self, x):
         """Softmax of the model at x's size (resizing to a fixed-size model's input and back)."""
@@ -216,6 +225,20 @@ class Predictor:
             x = tf.image.resize(x, self.fixed_size)
         probs = tf.nn.softmax(tf.cast(self.model(x, training=False), tf.float32), axis=-1)
         return tf.image.resize(probs, size) if self.fixed_size is not None else probs
+
+    def _masks_graph(self, images):
+        """(B, H, W) uint8 argmax, inside the graph: on a CPU the argmax there costs about what
+        copying the (B, H, W, C) floats out would, and one view skips the softmax (about an
+        eighth of a demo-size model's time per image; bench/bench_video.py). With one view the
+        logits decide, so classes whose float32 probabilities round to the same value (an
+        untrained model's) are still told apart."""
+        scores = (tf.cast(self.model(images, training=False), tf.float32) if self.single_view
+                  else self._probabilities_graph(images))
+        return tf.cast(tf.argmax(scores, axis=-1, output_type=tf.int32), tf.uint8)
+
+    def _smoothed_graph(self, images, previous, keep):
+        average = keep * previous + (1.0 - keep) * self._probabilities_graph(images)  # (B, H, W, C)
+        return average, tf.cast(tf.argmax(average, axis=-1, output_type=tf.int32), tf.uint8)
 
     def _probabilities_graph(self, images):
         size = tf.shape(images)[1:3]
@@ -243,6 +266,19 @@ class Predictor:
         self.check_size(*images.shape[1:3])
         return self._probabilities(tf.convert_to_tensor(images, tf.float32))
 
+    def smoothed(self, images, previous: tf.Tensor | None = None, keep: float = 0.0) -> tuple[tf.Tensor, tf.Tensor]:
+        """One step of a running average of probabilities over video frames, in one graph call.
+
+        (B, H, W, 3) images and the previous (B, H, W, C) average (None, or another size: start
+        afresh) -> (keep * previous + (1 - keep) * probabilities(images), its (B, H, W) uint8
+        argmax). keep = 0 gives the probabilities and their masks.
+        """
+        self.check_size(*images.shape[1:3])
+        images = tf.convert_to_tensor(images, tf.float32)
+        if previous is None or tuple(previous.shape[:3]) != tuple(images.shape[:3]):
+            previous, keep = tf.zeros(tuple(images.shape[:3]) + (num_classes_of(self.model),), tf.float32), 0.0
+        return self._smoothed(images, previous, tf.constant(keep, tf.float32))
+
     def _slides(self, height: int, width: int) -> bool:
         big = height > self.crop_size or width > self.crop_size
         return big and (self.mode == "slide" or (self.mode == "auto" and height * width > self.max_pixels))
@@ -254,7 +290,7 @@ class Predictor:
         if self._slides(*images.shape[1:3]):
             self.slid += len(images)
             return np.stack([self._slide_mask(image) for image in images])
-        return tf.argmax(self.probabilities(images), axis=-1, output_type=tf.int32).numpy().astype(np.uint8)
+        return np.asarray(self._masks(tf.convert_to_tensor(images)))
 
     def _slide_mask(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) -> (H, W) uint8 by overlapping windows, one band of rows at a time.

@@ -301,3 +301,15 @@ def test_sliding_windows_sum_probabilities_over_overlaps():
     whole = prediction.Predictor(toy, mode="auto", max_pixels=10 ** 6)
     np.testing.assert_array_equal(whole.masks(x), np.argmax(whole.probabilities(x), -1))
     assert whole.slid == 0
+
+
+def test_masks_rank_classes_as_the_probabilities_do():
+    """One view at the image's size: the argmax of logits, in the graph; several: of the mean probabilities."""
+    toy = _Toy()
+    x = np.random.default_rng(7).uniform(0, 255, (2, 24, 36, 3)).astype("float32")
+    for options in ({}, {"flip": True}, {"scales": (1.0, 0.5)}):
+        predictor = prediction.Predictor(toy, **options)
+        assert predictor.single_view == (options == {})
+        masks = predictor.masks(x)
+        assert masks.dtype == np.uint8 and masks.shape == (2, 24, 36)
+        np.testing.assert_array_equal(masks, np.argmax(predictor.probabilities(x), -1))
