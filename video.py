@@ -5,16 +5,18 @@
 
 predict.py wires this up; `run_stream` does the work. Three threads overlap: a reader decodes
 frames (OpenCV) into a bounded queue, the caller's thread runs the model (the only step that
-must be serial, and the one that uses the cores), and a writer smooths the probabilities, turns
-them into masks, class fractions, navigation and overlays, and encodes the video and the JSON
+must be serial, and the one that uses the cores), and a writer, at a lower scheduling priority,
+turns masks into class fractions, navigation and overlays and encodes the video and the JSON
 lines. Bounded queues keep memory flat and stop the reader running ahead of a slow model.
+Every per-class step (argmax, smoothing) runs inside the model's graph (`frame_model`): on a
+2-core CPU the writer's NumPy work otherwise comes straight out of the model's time.
 
 Per frame, `NAME.jsonl` holds {"frame", "time_ms", "predicted", "class_fractions": {class
 name: fraction of pixels}} and, with navigation, {"heading", "stop", "sector_costs"}. With
 `every` > 1 only every Nth frame is run through the model; the others are still written to the
 video and the JSON lines, reusing the last prediction, with "predicted": false. `smooth` A
-averages probabilities over predicted frames (p_t = A p_{t-1} + (1 - A) p), so masks do not
-flicker; A = 0 is no smoothing.
+(frame_model) averages probabilities over predicted frames (p_t = A p_{t-1} + (1 - A) p), so
+masks do not flicker; A = 0 is no smoothing.
 
 The video is written with the mp4v (MPEG-4 Part 2) fourcc, which the opencv-python-headless
 wheels can encode without a system FFmpeg; browsers may not play it, VLC and ffmpeg do.
@@ -22,10 +24,13 @@ wheels can encode without a system FFmpeg; browsers may not play it, VLC and ffm
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
+import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,6 +45,13 @@ from errors import KitError
 FOURCC = "mp4v"
 CAMERA_FPS = 30.0  # written when a camera does not report its frame rate
 QUEUE_FRAMES = 4  # frames in flight between threads: enough to hide jitter, little memory
+# The writer's niceness (0 = the model's priority, 19 = lowest). On a 2-core CPU the model's
+# threads keep ~1.6 cores busy, and the writer's per-frame work (masks, overlay, encode) came
+# out of inference at equal priority: the loop ran at 0.86-0.88 of the bare model's frames/s,
+# 0.89-0.91 with the writer at 10 or 19 (bench/bench_video.py, paired rounds). 10 rather than
+# 19 so that other busy processes on the vehicle cannot starve the writer, whose full queue
+# would then stall the model. The reader stays at normal priority: a camera must be drained.
+WRITER_NICE = 10
 _END = object()  # end of stream, through the queues
 
 # Drawing (RGB, since frames stay RGB until the writer encodes them).
@@ -106,13 +118,24 @@ def open_capture(source: str | Path | int) -> tuple[cv2.VideoCapture, float, str
 
 
 class _Worker(threading.Thread):
-    """A daemon thread that keeps its exception for the caller to re-raise."""
+    """A daemon thread that keeps its exception for the caller to re-raise.
 
-    def __init__(self, target: Callable[[], None], name: str):
+    `nice` > 0 lowers the thread's own scheduling priority (Linux schedules threads one by
+    one; elsewhere it is not applied) so that, when the cores are contended, TensorFlow's
+    threads running the model come first and this thread takes what they leave idle.
+    """
+
+    def __init__(self, target: Callable[[], None], name: str, nice: int = 0):
         super().__init__(name=name, daemon=True)
-        self._target_fn, self.error = target, None
+        self._target_fn, self.nice, self.error = target, nice, None
 
     def run(self):
+        if self.nice and sys.platform.startswith("linux"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except OSError as err:  # a sandbox that forbids it: the stream still works, only slower
+                warnings.warn(f"could not lower the priority of the {self.name} thread ({err}); the video loop "
+                              f"may run slower than the model alone", RuntimeWarning, stacklevel=1)
         try:
             self._target_fn()
         except BaseException as err:  # handed to the caller's thread, which raises it
@@ -177,26 +200,50 @@ def draw_navigation(frame: np.ndarray, result: dict) -> np.ndarray:
     return out
 
 
-class _Annotator:
-    """Probabilities (or none, for a skipped frame) -> annotated frame and JSON record.
+def frame_model(predictor, smooth: float = 0.0, nav: NavigationSpec | None = None
+                ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """The per-frame model call for run_stream, from a prediction.Predictor.
 
-    Runs on the writer thread, in frame order, so smoothing happens here too: the model's
-    thread does nothing but run the model.
+    (1, H, W, 3) float32 -> ((H, W) uint8 mask, (H, W, C) float32 probabilities, or None when
+    `nav` is not given). Everything per-class happens in the model's graph, on the model's
+    thread: the argmax (of the logits when there is nothing to smooth or plan on), and the
+    exponential moving average of the probabilities over the frames it is called on, p =
+    smooth * previous + (1 - smooth) * new, so masks do not flicker (0: no smoothing). The
+    probabilities are copied out only for navigation.
+    """
+    smooth = check_smooth(smooth)
+    if smooth == 0.0 and nav is None:
+        return lambda x: (predictor.masks(x)[0], None)
+    average = None  # (1, H, W, C) tf.Tensor, the running average so far
+
+    def call(x):
+        nonlocal average
+        average, mask = predictor.smoothed(x, average, smooth)
+        return mask[0].numpy(), (average[0].numpy() if nav is not None else None)
+
+    return call
+
+
+class _Annotator:
+    """A prediction (or None, for a skipped frame) -> annotated frame and JSON record.
+
+    A prediction is ((H, W) mask, (H, W, C) probabilities or None), as frame_model returns;
+    navigation needs the probabilities. Runs on the writer thread, in frame order.
     """
 
     def __init__(self, classes: ClassTable, alpha: float, nav: NavigationSpec | None,
-                 overlay: Callable[[np.ndarray, np.ndarray, ClassTable, float], np.ndarray], smooth: float = 0.0):
-        self.classes, self.alpha, self.nav, self.overlay, self.smooth = classes, alpha, nav, overlay, smooth
-        self.mask, self.record, self.smoothed = None, {}, None
+                 overlay: Callable[[np.ndarray, np.ndarray, ClassTable, float], np.ndarray]):
+        self.classes, self.alpha, self.nav, self.overlay = classes, alpha, nav, overlay
+        self.mask, self.record = None, {}
 
-    def __call__(self, frame: np.ndarray, probs: np.ndarray | None) -> tuple[np.ndarray, dict]:
-        if probs is not None:
-            if self.smooth > 0.0 and self.smoothed is not None and self.smoothed.shape == probs.shape:
-                probs = self.smoothed * np.float32(self.smooth) + probs * np.float32(1.0 - self.smooth)
-            self.smoothed = probs
-            self.mask = probs.argmax(axis=-1).astype(np.uint8)  # (H, W)
+    def __call__(self, frame: np.ndarray, prediction: tuple | None) -> tuple[np.ndarray, dict]:
+        if prediction is not None:
+            mask, probs = prediction
+            self.mask = np.asarray(mask, dtype=np.uint8)  # (H, W)
             self.record = {"class_fractions": class_fractions(self.mask, self.classes.names)}
             if self.nav is not None:
+                if probs is None:
+                    raise ValueError("navigation needs (H, W, C) probabilities from the model: use frame_model(..., nav)")
                 self.record.update(self.nav.record(self.nav.navigate(probs)))
         annotated = self.overlay(frame, self.mask, self.classes, self.alpha)
         if self.nav is not None:
@@ -204,18 +251,17 @@ class _Annotator:
         return annotated, self.record
 
 
-def run_stream(predict: Callable[[np.ndarray], np.ndarray], source: str | Path | int, out: str | Path,
-               classes: ClassTable, overlay: Callable, alpha: float = 0.5, every: int = 1, smooth: float = 0.0,
+def run_stream(predict: Callable[[np.ndarray], tuple], source: str | Path | int, out: str | Path,
+               classes: ClassTable, overlay: Callable, alpha: float = 0.5, every: int = 1,
                nav: NavigationSpec | None = None, max_frames: int | None = None) -> dict:
     """Segment every frame of a video file or camera; write OUT/NAME_overlay.mp4 and OUT/NAME.jsonl.
 
     Args:
-        predict: (1, H, W, 3) float32 RGB -> (H, W, C) float32 NumPy probabilities, e.g.
-            `lambda x: predictor.probabilities(x)[0].numpy()`.
+        predict: (1, H, W, 3) float32 RGB -> ((H, W) uint8 mask, (H, W, C) probabilities or None):
+            `frame_model(predictor, smooth, nav)`, which also smooths over time.
         source: a video file, or an int: a camera index for cv2.VideoCapture.
         overlay: (image, mask, classes, alpha) -> RGB uint8 (predict.overlay).
         every: run the model on every Nth frame (1: all); the others reuse its prediction.
-        smooth: exponential moving average factor of the probabilities, in [0, 1).
         nav: draw and log navigation (heading, stop, sector costs) when given.
         max_frames: stop after this many frames (a camera runs until Ctrl-C otherwise).
 
@@ -227,7 +273,6 @@ def run_stream(predict: Callable[[np.ndarray], np.ndarray], source: str | Path |
     """
     if every < 1:
         raise VideoError(f"--every must be >= 1, got {every}")
-    smooth = check_smooth(smooth)
     capture, fps, name = open_capture(source)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +281,7 @@ def run_stream(predict: Callable[[np.ndarray], np.ndarray], source: str | Path |
     stop_reading = threading.Event()  # the reader stops (end of input, Ctrl-C on a camera, a failure)
     abort = threading.Event()  # everything stops now (a failure)
     frames_in: queue.Queue = queue.Queue(QUEUE_FRAMES)  # (index, time_ms, RGB uint8, float32 batch or None)
-    frames_out: queue.Queue = queue.Queue(QUEUE_FRAMES)  # (index, time_ms, RGB uint8, probabilities or None)
+    frames_out: queue.Queue = queue.Queue(QUEUE_FRAMES)  # (index, time_ms, RGB uint8, (mask, probs) or None)
 
     def read():
         start, index = time.monotonic(), 0
@@ -254,7 +299,7 @@ def run_stream(predict: Callable[[np.ndarray], np.ndarray], source: str | Path |
         finally:
             _put(frames_in, _END, stop_reading)
 
-    annotate = _Annotator(classes, alpha, nav, overlay, smooth)
+    annotate = _Annotator(classes, alpha, nav, overlay)
     written = {"frames": 0}
 
     def write():
@@ -270,8 +315,8 @@ def run_stream(predict: Callable[[np.ndarray], np.ndarray], source: str | Path |
                         continue
                     if item is _END:
                         return
-                    index, t_ms, rgb, probs = item
-                    annotated, record = annotate(rgb, probs)
+                    index, t_ms, rgb, prediction = item
+                    annotated, record = annotate(rgb, prediction)
                     if writer is None:
                         height, width = annotated.shape[:2]
                         writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*FOURCC), fps,
@@ -280,7 +325,7 @@ def run_stream(predict: Callable[[np.ndarray], np.ndarray], source: str | Path |
                             raise VideoError(f"cannot write video {video_path} ({FOURCC}, {width}x{height}, "
                                              f"{fps:g} fps): OpenCV could not open a writer for it")
                     writer.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
-                    lines.write(json.dumps({"frame": index, "time_ms": t_ms, "predicted": probs is not None,
+                    lines.write(json.dumps({"frame": index, "time_ms": t_ms, "predicted": prediction is not None,
                                             **record}) + "\n")
                     written["frames"] += 1
         finally:
@@ -289,7 +334,7 @@ def run_stream(predict: Callable[[np.ndarray], np.ndarray], source: str | Path |
             abort.set()  # after a clean end nobody is left to stop; after a failure everybody stops
             stop_reading.set()
 
-    reader, writer = _Worker(read, "video-reader"), _Worker(write, "video-writer")
+    reader, writer = _Worker(read, "video-reader"), _Worker(write, "video-writer", nice=WRITER_NICE)
     # SIGTERM (a supervisor, ROS launch, `kill`) ends the stream like Ctrl-C, so the writer
     # still closes the video: killed mid-write, an mp4 has no index and does not play.
     previous_sigterm = None
@@ -308,11 +353,11 @@ def run_stream(predict: Callable[[np.ndarray], np.ndarray], source: str | Path |
             if item is _END:
                 break
             index, t_ms, rgb, batch = item
-            probs = None
+            prediction = None
             if batch is not None:  # only the model runs here; everything else is on the other threads
-                probs = np.asarray(predict(batch), dtype=np.float32)  # (H, W, C)
+                prediction = predict(batch)  # ((H, W) mask, (H, W, C) probabilities or None)
                 predicted += 1
-            if not _put(frames_out, (index, t_ms, rgb, probs), abort):
+            if not _put(frames_out, (index, t_ms, rgb, prediction), abort):
                 break
         _put(frames_out, _END, abort)
     except KeyboardInterrupt:

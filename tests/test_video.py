@@ -100,28 +100,33 @@ def test_navigation_adds_heading_stop_and_sector_costs(model_path, clip, tmp_pat
         assert len(record["sector_costs"]) == 5 and all(0 <= c <= 1 for c in record["sector_costs"])
 
 
-def test_smoothing_averages_probabilities_over_time(tmp_path, clip, monkeypatch):
-    """Constant-per-frame fake probabilities: with A = 0.5 frame 1's are the mean of frames 0 and 1."""
-    classes = ClassTable.voc()
-    seen = []
+class _Alternating:
+    """A model stand-in whose logits make class 0 certain, then class 1, alternating per call."""
 
-    def predict_fn(x):
-        probs = np.zeros(x.shape[1:3] + (classes.num_classes,), np.float32)
-        probs[..., 1 if len(seen) % 2 else 0] = 1.0  # class 0, then class 1, alternating
-        seen.append(1)
-        return probs
+    input_shape, output_shape, traceable = (None, None, None, 3), (None, None, None, 21), False
 
-    frames = []
-    original = video._Annotator.__call__
+    def __init__(self):
+        self.calls = 0
 
-    def spy(self, frame, probs):
-        out = original(self, frame, probs)
-        frames.append(self.smoothed[0, 0].copy())  # what the mask and navigation were computed from
-        return out
+    def __call__(self, x, training=False):
+        logits = np.zeros(tuple(x.shape[:3]) + (21,), np.float32)
+        logits[..., self.calls % 2] = 100.0  # softmax: exactly 1 and 0
+        self.calls += 1
+        return logits
 
-    monkeypatch.setattr(video._Annotator, "__call__", spy)
-    video.run_stream(predict_fn, clip, tmp_path, classes, predict.overlay, smooth=0.5, max_frames=3)
-    assert frames[0][0] == 1.0 and frames[1][:2].tolist() == [0.5, 0.5] and frames[2][:2].tolist() == [0.75, 0.25]
+
+def test_smoothing_averages_probabilities_over_time():
+    """With A = 0.5 frame 1's probabilities are the mean of frames 0 and 1, frame 2's 0.75 / 0.25."""
+    nav = video.NavigationSpec("safe", np.zeros(voc.NUM_CLASSES, np.float32))
+    step = video.frame_model(predict.prediction.Predictor(_Alternating()), smooth=0.5, nav=nav)
+    x = np.zeros((1, 16, 18, 3), np.float32)
+    seen = [step(x) for _ in range(3)]
+    assert [probs[0, 0, :2].tolist() for _, probs in seen] == [[1.0, 0.0], [0.5, 0.5], [0.75, 0.25]]
+    assert [int(mask[0, 0]) for mask, _ in seen] == [0, 0, 0]  # a tie goes to the first class
+    bigger = step(np.zeros((1, 20, 18, 3), np.float32))  # a new frame size starts afresh: class 1 alone
+    assert bigger[1][0, 0, :2].tolist() == [0.0, 1.0] and int(bigger[0][0, 0]) == 1
+    mask, probs = video.frame_model(predict.prediction.Predictor(_Alternating()), smooth=0.5)(x)
+    assert probs is None and mask.shape == (16, 18)  # no navigation: no probabilities copied out
 
 
 @pytest.mark.parametrize("value", ["1", "-0.1", "1.5", "abc"])
@@ -208,9 +213,7 @@ def test_sigterm_mid_video_still_closes_a_playable_video(clip, tmp_path):
         calls.append(1)
         if len(calls) == 4:
             os.kill(os.getpid(), signal.SIGTERM)  # handled in this (the main) thread
-        probs = np.zeros(x.shape[1:3] + (classes.num_classes,), np.float32)
-        probs[..., 0] = 1.0
-        return probs
+        return np.zeros(x.shape[1:3], np.uint8), None
 
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
@@ -238,3 +241,52 @@ def test_class_costs_override_by_name_and_bad_ones_are_refused(model_path, clip,
     assert record["stop"] is True
     with pytest.raises(config.ConfigError, match="--class-costs"):
         _run(model_path, "--video", clip, "--out", tmp_path, "--navigation", "safe", "--class-costs", "road=0")
+
+
+def test_plain_stream_gets_masks_from_the_model_and_navigation_gets_probabilities(model_path):
+    predictor = predict.prediction.Predictor(predict.prediction.load_model(model_path))
+    x = np.random.default_rng(0).uniform(0, 255, (1, HEIGHT, WIDTH, 3)).astype(np.float32)
+    logits = np.asarray(predictor.model(x, training=False))[0]  # (H, W, C)
+    mask, probs = video.frame_model(predictor)(x)
+    assert mask.shape == (HEIGHT, WIDTH) and mask.dtype == np.uint8 and probs is None
+    np.testing.assert_array_equal(mask, logits.argmax(-1))
+    nav = video.NavigationSpec("safe", np.zeros(voc.NUM_CLASSES, np.float32))
+    mask, probs = video.frame_model(predictor, nav=nav)(x)
+    assert probs.shape == (HEIGHT, WIDTH, voc.NUM_CLASSES) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(-1, keepdims=True), rtol=1e-5)
+    np.testing.assert_array_equal(mask, probs.argmax(-1))
+    annotate = video._Annotator(ClassTable.voc(), 0.5, nav, predict.overlay)
+    with pytest.raises(ValueError, match="needs .*probabilities"):
+        annotate(x[0].astype(np.uint8), (mask, None))
+
+
+def test_overlay_blends_classes_and_keeps_background_pixels():
+    classes = ClassTable.voc()
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    mask = rng.integers(0, 3, (HEIGHT, WIDTH)).astype(np.uint8)
+    out = predict.overlay(image, mask, classes, 0.3)
+    expected = 0.7 * image + 0.3 * classes.palette()[mask].astype(np.float64)
+    fg = mask > 0
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    np.testing.assert_array_equal(out[~fg], image[~fg])
+    assert np.abs(out[fg].astype(np.float64) - expected[fg]).max() <= 1.0
+    np.testing.assert_array_equal(predict.overlay(image.astype(np.float32), mask, classes, 0.3), out)
+
+
+@pytest.mark.skipif(not os.sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_writer_thread_yields_to_the_model_and_the_reader_does_not(clip, tmp_path):
+    import threading
+
+    classes = ClassTable.voc()
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = set()
+
+    def overlay(frame, mask, table, alpha):  # runs on the writer thread
+        seen.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return predict.overlay(frame, mask, table, alpha)
+
+    video.run_stream(lambda x: (np.zeros(x.shape[1:3], np.uint8), None), clip, tmp_path, classes, overlay,
+                     max_frames=3)
+    assert seen == {min(19, base + video.WRITER_NICE)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the model's thread is untouched
