@@ -290,3 +290,15 @@ def test_writer_thread_yields_to_the_model_and_the_reader_does_not(clip, tmp_pat
                      max_frames=3)
     assert seen == {min(19, base + video.WRITER_NICE)}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the model's thread is untouched
+
+
+@pytest.mark.skipif(not os.sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_a_priority_that_cannot_be_lowered_warns_and_the_stream_still_runs(clip, tmp_path, monkeypatch):
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(video.os, "setpriority", refuse)
+    with pytest.warns(RuntimeWarning, match="video-writer"):
+        result = video.run_stream(lambda x: (np.zeros(x.shape[1:3], np.uint8), None), clip, tmp_path,
+                                  ClassTable.voc(), predict.overlay, max_frames=4)
+    assert result["frames"] == 4
