@@ -330,3 +330,9 @@ def test_navigation_imports_no_heavy_frameworks():
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(navigation.__file__).parent,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 21])
+def test_max_over_classes_is_numpys_max(num_classes):
+    p = np.random.default_rng(num_classes).random((7, 9, num_classes), dtype=np.float32)
+    np.testing.assert_array_equal(navigation._max_over_classes(p), p.max(axis=-1))
