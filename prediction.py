@@ -178,6 +178,11 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts if starts[-1] == size - window else starts + [size - window]
 
 
+def _class_indices(scores: tf.Tensor) -> tf.Tensor:
+    """(B, H, W, C) scores -> (B, H, W) uint8 argmax over C (class tables have at most 255 classes)."""
+    return tf.cast(tf.argmax(scores, axis=-1, output_type=tf.int32), tf.uint8)
+
+
 class Predictor:
     """Softmax probabilities and masks from a model, at each input's own size.
 
@@ -234,11 +239,11 @@ class Predictor:
         untrained model's) are still told apart."""
         scores = (tf.cast(self.model(images, training=False), tf.float32) if self.single_view
                   else self._probabilities_graph(images))
-        return tf.cast(tf.argmax(scores, axis=-1, output_type=tf.int32), tf.uint8)
+        return _class_indices(scores)
 
     def _smoothed_graph(self, images, previous, keep):
         average = keep * previous + (1.0 - keep) * self._probabilities_graph(images)  # (B, H, W, C)
-        return average, tf.cast(tf.argmax(average, axis=-1, output_type=tf.int32), tf.uint8)
+        return average, _class_indices(average)
 
     def _probabilities_graph(self, images):
         size = tf.shape(images)[1:3]
