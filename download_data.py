@@ -18,7 +18,7 @@ the pinned size and SHA-256, and only then renamed into place. A source is left 
 refused connection, an HTTP error (server errors are retried first), a redirect loop, an HTML page
 where the archive should be, a transfer slower than --min-speed, or bytes that fail the hash.
 Extraction refuses links, device nodes, absolute paths and `..`, writes into a temporary
-folder and renames it into place when complete (atomic.py); the leftovers of a killed
+folder and renames it into place when complete (kit/atomic.py); the leftovers of a killed
 extraction are removed by the next run. A second run with everything in place makes no request.
 
 --sbd adds the Semantic Boundaries Dataset (Hariharan et al., ICCV 2011) as mmsegmentation lays
@@ -52,12 +52,12 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-import atomic
-import cli
-import data
-import synthetic
-import voc
-from errors import KitError
+from kit import atomic
+from kit import cli
+from kit import data
+from kit import synthetic
+from kit import voc
+from kit.errors import KitError
 
 ARCHIVE_NAME = "VOCtrainval_11-May-2012.tar"
 # Tried in order: Oxford's two hosts, the mirror the TensorFlow Datasets catalogue uses, then

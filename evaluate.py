@@ -18,21 +18,21 @@ import argparse
 import json
 from pathlib import Path
 
-import runtime
+from kit import runtime
 
-runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see runtime.py)
+runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see kit/runtime.py)
 
 from tqdm import tqdm  # noqa: E402
 
-import atomic  # noqa: E402
-import cli  # noqa: E402
-import config  # noqa: E402
-import data  # noqa: E402
-import figures  # noqa: E402
+from kit import atomic  # noqa: E402
+from kit import cli  # noqa: E402
+from kit import config  # noqa: E402
+from kit import data  # noqa: E402
+from kit import figures  # noqa: E402
 import metrics  # noqa: E402
-import navigation  # noqa: E402
+from kit import navigation  # noqa: E402
 import pipeline  # noqa: E402
-import prediction  # noqa: E402
+from kit import inference  # noqa: E402
 from model import with_output_stride  # noqa: E402
 
 
@@ -68,17 +68,17 @@ def main(args) -> dict:
     classes = tree.classes
     model_path = Path(args.model or run_dir / "best.keras")
     out = Path(args.out_dir or run_dir)
-    inference = config.resolve(args, config.INFERENCE)
+    options = config.resolve(args, config.INFERENCE)
     input_size = args.input_size or saved.get("input_size", config.TRAIN["input_size"].default)
 
-    model = prediction.load_model(model_path)
-    prediction.check_classes(model, classes, model_path)
+    model = inference.load_model(model_path)
+    inference.check_classes(model, classes, model_path)
     trained_stride = saved.get("output_stride", config.TRAIN["output_stride"].default)
     output_stride = args.output_stride or trained_stride
     if output_stride != trained_stride:
         model = with_output_stride(model, output_stride)
         print(f"evaluating at output stride {output_stride} (trained at {trained_stride}), same weights")
-    predictor = prediction.Predictor(model, **config.predictor_options(inference))
+    predictor = inference.Predictor(model, **config.predictor_options(options))
     pairs = tree.pairs(args.subset)
     pipeline.check_files(pairs, classes, f"{args.subset} files")
     original = args.resolution == "original"
@@ -99,7 +99,7 @@ def main(args) -> dict:
             bar.update(len(preds))
 
     report = {**cm.report(classes.names), "num_images": len(pairs), "subset": args.subset,
-              "resolution": args.resolution, **inference, "output_stride": output_stride,
+              "resolution": args.resolution, **options, "output_stride": output_stride,
               "trained_output_stride": trained_stride, "slid_images": predictor.slid, "model": str(model_path),
               "data_root": str(tree.root), "classes": list(classes.names)}
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,7 @@ def main(args) -> dict:
             figures.navigation_figure(rows, out / "navigation.png", classes, profile=args.navigation)
     figures.training_curves(run_dir / "log.csv", out / "training_curves.png")
     if predictor.slid:
-        print(f"{predictor.slid} image(s) were run in {inference['crop_size']} px windows")
+        print(f"{predictor.slid} image(s) were run in {options['crop_size']} px windows")
     print(f"{args.subset}: {len(pairs)} images at {args.resolution} resolution  pixel accuracy "
           f"{report['pixel_accuracy']:.4f}  mean accuracy {report['mean_accuracy']:.4f}  mean IoU {report['mean_iou']:.4f}")
     print(table)

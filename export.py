@@ -13,7 +13,7 @@ writes the fraction of pixels whose predicted class agrees (`parity.json`): the 
 float32 and float16 must agree on at least 99.9% of pixels, or the command fails; the int8
 files are reported.
 
---report measures every format (deploy.py: size, latency at 1, 2 and all threads, mean IoU and
+--report measures every format (kit/deploy.py: size, latency at 1, 2 and all threads, mean IoU and
 pixel accuracy on the whole test split, agreement with Keras) into `export_report.json` and
 `export_report.md` and prints the table.
 """
@@ -24,16 +24,16 @@ import json
 import shutil
 from pathlib import Path
 
-import runtime
+from kit import runtime
 
-runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see runtime.py)
+runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see kit/runtime.py)
 
-import atomic  # noqa: E402
-import cli  # noqa: E402
-import config  # noqa: E402
-import data  # noqa: E402
-import deploy  # noqa: E402
-import prediction  # noqa: E402
+from kit import atomic  # noqa: E402
+from kit import cli  # noqa: E402
+from kit import config  # noqa: E402
+from kit import data  # noqa: E402
+from kit import deploy  # noqa: E402
+from kit import inference  # noqa: E402
 
 DEFAULT_FORMATS = "savedmodel,float32,float16,int8,full_int8"
 
@@ -81,10 +81,10 @@ def main(args) -> dict:
     calibration = None
     if "tflite_full_int8" in formats:
         calibration = deploy.images_of(tree, "train", size, args.calibration_images)[0]
-    model = prediction.load_model(model_path)
-    prediction.check_classes(model, tree.classes, model_path)
+    model = inference.load_model(model_path)
+    inference.check_classes(model, tree.classes, model_path)
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / prediction.CLASSES_FILE, json.dumps(tree.classes.to_json(), indent=2))
+    atomic.write_text(out / inference.CLASSES_FILE, json.dumps(tree.classes.to_json(), indent=2))
 
     files = {"keras": str(model_path), **{name: str(out / deploy.FORMATS[name].file) for name in formats}}
     # Files an earlier export left here for formats not asked for now, and an earlier report,
@@ -107,7 +107,7 @@ def main(args) -> dict:
         agreements = {name: r["agreement"] for name, r in measured.items()}
     else:
         keras_masks = deploy.predict_masks(model, test[0])
-        agreements = {name: deploy.agreement(keras_masks, deploy.predict_masks(prediction.load_model(path), test[0]))
+        agreements = {name: deploy.agreement(keras_masks, deploy.predict_masks(inference.load_model(path), test[0]))
                       for name, path in files.items() if name != "keras"}
 
     # parity.json keeps the short names it has always had (float32, float16, int8, savedmodel).

@@ -25,8 +25,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-import config
-from voc import NUM_CLASSES
+from kit import config
+from kit.voc import NUM_CLASSES
 
 CLASS_WEIGHTS = config.TRAIN["class_weights"].choices
 

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from voc import NUM_CLASSES
+from kit.voc import NUM_CLASSES
 
 SCORES = ("pixel_accuracy", "mean_accuracy", "mean_iou")
 

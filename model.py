@@ -16,8 +16,8 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-import runtime
-from voc import NUM_CLASSES
+from kit import runtime
+from kit.voc import NUM_CLASSES
 
 BN_EPSILON = 1.001e-5  # keras.applications.ResNet50's, so pretrained statistics carry over
 # (output stride) -> dilation of the conv4 and conv5 stages, and the ASPP rates.

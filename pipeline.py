@@ -1,6 +1,7 @@
 """The tf.data input pipeline: decoding (masks by colour), augmentation, batching.
 
-    import data, pipeline
+    from kit import data
+    import pipeline
     tree = data.resolve_tree("data")
     train = pipeline.tree_dataset(tree, "train", batch_size=8, epochs=None, input_size=(384, 384),
                                   resize_to_before_crop=(444, 444), augmentation=True, shuffle=True, seed=0)
@@ -24,9 +25,9 @@ import tensorflow as tf
 from PIL import Image
 from tqdm import tqdm
 
-import data
-from data import ClassTable, DataError
-from voc import IGNORE_LABEL
+from kit import data
+from kit.data import ClassTable, DataError
+from kit.voc import IGNORE_LABEL
 
 IMAGE_RANGE = (0.0, 255.0)  # float32 RGB; documented once, used everywhere
 MEAN_RGB = (123.68, 116.779, 103.939)  # ImageNet's, the padding colour: 0 after the model's preprocessing

@@ -17,7 +17,7 @@ A video (--video FILE) or camera (--camera INDEX) gives `NAME_overlay.mp4` (ever
 input's frame rate; `cameraN_overlay.mp4` for a camera) and `NAME.jsonl`, one JSON object per
 frame: frame, time_ms, predicted, class_fractions and, with --navigation, heading, stop and
 sector_costs. --every N runs the model on every Nth frame only, --smooth A averages the class
-probabilities over time. See video.py.
+probabilities over time. See kit/video.py.
 """
 from __future__ import annotations
 
@@ -28,23 +28,23 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import runtime
+from kit import runtime
 
-runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see runtime.py)
+runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see kit/runtime.py)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import atomic  # noqa: E402
-import cli  # noqa: E402
-import config  # noqa: E402
-import figures  # noqa: E402
-import navigation  # noqa: E402
-import prediction  # noqa: E402
-import video  # noqa: E402
-from data import ClassTable, DataError  # noqa: E402
+from kit import atomic  # noqa: E402
+from kit import cli  # noqa: E402
+from kit import config  # noqa: E402
+from kit import figures  # noqa: E402
+from kit import navigation  # noqa: E402
+from kit import inference  # noqa: E402
+from kit import video  # noqa: E402
+from kit.data import ClassTable, DataError  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 NAVIGATION_LOG = "navigation.jsonl"  # images' headings, one JSON object per image
@@ -88,7 +88,7 @@ def parse_args(argv=None):
                    "the overlays, logged per frame or image (default: no navigation)")
     p.add_argument("--class-costs", type=_class_costs, default={}, metavar="NAME=COST,...",
                    help="with --navigation: override the cost in [0, 1] of classes by name, e.g. "
-                        "road=0,curb=0.8 (default: navigation.py's table; unknown names cost 0.7)")
+                        "road=0,curb=0.8 (default: kit/navigation.py's table; unknown names cost 0.7)")
     p.add_argument("--every", type=cli.whole_number(1), default=1, metavar="N", help="video: run the model on every Nth "
                    "frame, reusing its prediction on the frames between (default 1: every frame)")
     p.add_argument("--smooth", type=_smooth_factor, default=0.0, metavar="A", help="video: average class "
@@ -155,7 +155,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, classes: ClassTable, alpha: flo
     return blended
 
 
-def predict_files(predictor: prediction.Predictor, files: list[Path], out: Path, classes: ClassTable | None = None,
+def predict_files(predictor: inference.Predictor, files: list[Path], out: Path, classes: ClassTable | None = None,
                   alpha: float = 0.5, nav: video.NavigationSpec | None = None) -> tuple[list[Path], list[Path]]:
     """Segment each file, writing its mask and overlay to `out`; returns (written masks, failed inputs).
 
@@ -167,7 +167,7 @@ def predict_files(predictor: prediction.Predictor, files: list[Path], out: Path,
     written, failed, headings = [], [], []
     for path, name in tqdm(list(zip(files, output_names(files))), desc="predict", unit="img"):
         try:
-            image = prediction.read_image(path)
+            image = inference.read_image(path)
             predictor.check_size(*image.shape[:2])
         except Exception as err:  # unreadable, missing or too small: report it, carry on with the rest
             print(f"error: cannot read {path}: {type(err).__name__}: {err}", file=sys.stderr)
@@ -193,10 +193,10 @@ def predict_files(predictor: prediction.Predictor, files: list[Path], out: Path,
 
 
 def main(args) -> list[Path]:
-    model = prediction.load_model(args.model)
-    classes = prediction.classes_for_model(args.model, model, args.labelmap)
-    prediction.check_classes(model, classes, args.model)
-    predictor = prediction.Predictor(model, **config.predictor_options(config.resolve(args, config.INFERENCE)))
+    model = inference.load_model(args.model)
+    classes = inference.classes_for_model(args.model, model, args.labelmap)
+    inference.check_classes(model, classes, args.model)
+    predictor = inference.Predictor(model, **config.predictor_options(config.resolve(args, config.INFERENCE)))
     nav = None
     if args.navigation:
         try:

@@ -4,11 +4,11 @@
     python train.py --demo                          # offline: synthetic data, small model, minutes on a laptop CPU
     python train.py --data-dir ~/VOCdevkit          # a VOC tree already on disk, used where it lies
     python train.py --data-dir my_cvat_export/      # your own classes (CVAT "Segmentation mask 1.1")
-    python train.py --strategy multiworker          # on each of several machines, with TF_CONFIG (distributed.py)
+    python train.py --strategy multiworker          # on each of several machines, with TF_CONFIG (kit/distributed.py)
 
 Running the same command again after an interruption continues from the last finished epoch
 (weights, optimizer state, learning rate, best score, early-stopping counters).
-Outputs go to the run directory (see training.py for its layout). Settings: config.py.
+Outputs go to the run directory (see kit/training.py for its layout). Settings: kit/config.py.
 """
 from __future__ import annotations
 
@@ -18,22 +18,22 @@ import json
 import math
 from pathlib import Path
 
-import runtime
+from kit import runtime
 
-runtime.start(onednn=True)  # before TensorFlow loads: it reads these settings once (see runtime.py)
+runtime.start(onednn=True)  # before TensorFlow loads: it reads these settings once (see kit/runtime.py)
 
 import keras  # noqa: E402
 
-import atomic  # noqa: E402
-import cli  # noqa: E402
-import config  # noqa: E402
-import data  # noqa: E402
-import distributed  # noqa: E402
+from kit import atomic  # noqa: E402
+from kit import cli  # noqa: E402
+from kit import config  # noqa: E402
+from kit import data  # noqa: E402
+from kit import distributed  # noqa: E402
 import download_data  # noqa: E402
 import losses  # noqa: E402
 import metrics  # noqa: E402
 import pipeline  # noqa: E402
-import training  # noqa: E402
+from kit import training  # noqa: E402
 from model import build_deeplabv3, dilated_conv_kernel, inference_model, onednn_enabled, training_model  # noqa: E402
 
 

@@ -20,9 +20,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-import deploy
+from kit import deploy
 import predict
-import prediction
+from kit import inference
 from model import build_deeplabv3
 
 
@@ -71,7 +71,7 @@ def main(args):
                 path = tmp / f"img{i}.jpg"
                 Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path, quality=90)
                 files.append(path)
-            predictor = prediction.Predictor(model)
+            predictor = inference.Predictor(model)
             x1 = tf.constant(rng.uniform(0, 255, (1, size, size, 3)).astype("float32"))
             # Keras batch 1 and predict.py's loop (len(files) images per call), timed in turns.
             bare, loop = _timed(lambda: [forward(x1).numpy() for _ in files],
@@ -83,7 +83,7 @@ def main(args):
             for kind in (k for k in args.formats.split(",") if k):
                 path = tmp / f"m_{kind}.tflite"
                 path.write_bytes(deploy.tflite_bytes(model, size, kind))
-                lite = prediction.TFLiteModel(path)
+                lite = inference.TFLiteModel(path)
                 (seconds,) = _timed(lambda: lite(x1.numpy()), repeats=args.repeats)
                 row[f"tflite_{kind}_batch1"] = {"images_per_s": round(1 / seconds, 2),
                                                 "latency_ms_per_image": round(1000 * seconds, 1),

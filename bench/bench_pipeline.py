@@ -21,9 +21,9 @@ from common import bench_voc_root, emit, machine
 import numpy as np
 import tensorflow as tf
 
-import data
+from kit import data
 import pipeline
-from voc import PALETTE
+from kit.voc import PALETTE
 
 
 def _images_per_s(ds, batches: int, batch_size: int) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import emit, machine
 
-import runtime
+from kit import runtime
 
 runtime.prefer_onednn()  # measure what train.py runs: it asks for oneDNN before TensorFlow loads
 

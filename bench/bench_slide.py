@@ -4,7 +4,7 @@
 
 Each measurement runs in a fresh process (peak resident memory is VmHWM, Linux only): the
 ResNet-50 DeepLab v3 (random weights; memory does not depend on them) predicts one random
-image through prediction.Predictor, as evaluate.py and predict.py do, with mode "slide"
+image through inference.Predictor, as evaluate.py and predict.py do, with mode "slide"
 (513 px windows every 341 px) and with mode "whole". The whole-image run is at a smaller size
 by default, because at 6000x4000 it needs about 10 GB. Prints JSON.
 """
@@ -23,11 +23,11 @@ from common import emit, machine
 def _child(mode: str, width: int, height: int) -> None:
     import numpy as np
 
-    import prediction
+    from kit import inference
     from model import build_deeplabv3
 
     model = build_deeplabv3((None, None, 3), backbone_weights=None)
-    predictor = prediction.Predictor(model, mode=mode)
+    predictor = inference.Predictor(model, mode=mode)
     image = np.random.default_rng(0).uniform(0, 255, (1, height, width, 3)).astype("float32")
     start = time.perf_counter()
     mask = predictor.masks(image)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from common import emit  # common imports TensorFlow only inside machine(), which is not used here
 
-import runtime  # noqa: E402 (on the path through common; stdlib only)
+from kit import runtime  # noqa: E402 (on the path through common; stdlib only)
 
 try:
     import torch
@@ -161,7 +161,7 @@ class DeepLabV3(nn.Module):
 
 def machine() -> dict:
     """What the numbers were measured on (common.machine() would import TensorFlow)."""
-    cpu = runtime.cpu_model()  # runtime.py imports no TensorFlow
+    cpu = runtime.cpu_model()  # kit/runtime.py imports no TensorFlow
     # cpu_capability is the widest vector ISA torch's own kernels dispatch to (e.g. "AVX2", "AVX512").
     return {"cpu": cpu, "arch": platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -13,7 +13,7 @@ At `--kernel-sizes`, float32 training also runs with each dilated-conv kernel
 (model.dilated_conv_kernel: native, portable, keras) with oneDNN on and off
 (TF_ENABLE_ONEDNN_OPTS=1/0), so one run shows both paths on the machine it runs on; a kernel
 TensorFlow cannot run there (native without oneDNN or a GPU) is reported as unsupported.
-The other configurations run as train.py does (oneDNN asked for on x86, runtime.py).
+The other configurations run as train.py does (oneDNN asked for on x86, kit/runtime.py).
 Random inputs; the pipeline is measured separately (bench_pipeline.py). Each configuration
 runs in a fresh process: measured one after another in one process, the second model here
 trained up to 30% slower than it does alone (and oneDNN is chosen when TensorFlow loads).
@@ -29,7 +29,7 @@ import time
 
 from common import emit, machine
 
-import runtime
+from kit import runtime
 
 runtime.prefer_onednn()  # measure what train.py runs: it asks for oneDNN before TensorFlow loads
 

@@ -32,11 +32,11 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-import navigation
+from kit import navigation
 import predict
-import prediction
-import video
-from data import ClassTable
+from kit import inference
+from kit import video
+from kit.data import ClassTable
 from model import build_deeplabv3
 
 
@@ -83,7 +83,7 @@ def main(args):
     model = build_deeplabv3((None, None, 3), backbone=args.backbone, backbone_weights=None,
                             aspp_filters=args.aspp_filters, bn_momentum=0.9)
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    predictor = prediction.Predictor(model)
+    predictor = inference.Predictor(model)
     classes = ClassTable.voc()
     nav = video.NavigationSpec("safe", navigation.class_costs_for(classes.names))
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,7 @@ def machine() -> dict:
     import tensorflow as tf
 
     import model
-    import runtime
+    from kit import runtime
 
     cpu = runtime.cpu_model()
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]

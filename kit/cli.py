@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Callable
 
-from errors import KitError
+from kit.errors import KitError
 
 DEBUG_ENV = "DEEPLAB_DEBUG"
 

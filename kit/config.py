@@ -1,6 +1,6 @@
 """One declaration of a run: every setting once, with its default and help; presets; resolution.
 
-    import config
+    from kit import config
     parser = argparse.ArgumentParser()
     config.add_arguments(parser, config.TRAIN)      # flags, help texts with their defaults
     settings = config.resolve(parser.parse_args(), config.TRAIN)
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import data
-from errors import KitError
+from kit import data
+from kit.errors import KitError
 
 RUN_CONFIG = "config.json"
 
@@ -117,7 +117,7 @@ TRAIN: dict[str, Setting] = {
     "run_dir": Setting("eval/deeplabv3", "outputs: config, log, checkpoints", metavar="PATH"),
 }
 
-# How evaluate.py and predict.py run a model (prediction.Predictor's arguments).
+# How evaluate.py and predict.py run a model (inference.Predictor's arguments).
 INFERENCE: dict[str, Setting] = {
     "tta": Setting("none", "test-time augmentation: flip adds each image mirrored (probabilities averaged)",
                    choices=("none", "flip")),
@@ -131,7 +131,7 @@ INFERENCE: dict[str, Setting] = {
 
 
 def predictor_options(settings: dict) -> dict:
-    """prediction.Predictor's keyword arguments from resolved INFERENCE settings."""
+    """inference.Predictor's keyword arguments from resolved INFERENCE settings."""
     try:
         scales = [float(v) for v in str(settings["scales"]).split(",")]
     except ValueError:

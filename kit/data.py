@@ -1,6 +1,6 @@
 """Where data lies and how a tree is laid out: the VOC layouts, a CVAT export, the class table.
 
-    import data
+    from kit import data
     tree = data.resolve_tree("~/VOCdevkit")      # finds VOC2012 in any of VOC_LAYOUTS, or a CVAT export
     tree.classes.names                            # ('background', 'aeroplane', ...) or the export's own
     pairs = tree.pairs("train")                   # [(image path, mask path), ...]
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import voc
-from errors import KitError
+from kit import voc
+from kit.errors import KitError
 
 IMAGES_DIR = "JPEGImages"
 MASKS_DIR = "SegmentationClass"

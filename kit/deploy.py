@@ -38,16 +38,16 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-import atomic
+from kit import atomic
 import metrics
 import pipeline
-import prediction
-import runtime
-from data import DataError
-from errors import KitError
+from kit import inference
+from kit import runtime
+from kit.data import DataError
+from kit.errors import KitError
 from model import onednn_enabled
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repository: chapter modules and kit/
 
 
 @dataclass(frozen=True)
@@ -225,13 +225,13 @@ def agreement(reference: list[np.ndarray], masks: list[np.ndarray]) -> float:
 
 
 def predict_masks(model, images: list[np.ndarray]) -> list[np.ndarray]:
-    predictor = prediction.Predictor(model)
+    predictor = inference.Predictor(model)
     return [predictor.masks(image) for image in images]
 
 
 def tflite_latency(path: str | Path, image: np.ndarray, threads: int, warmup: int, runs: int) -> float:
     """Median ms of one TFLite call at batch 1 (input conversion included) after warm-up."""
-    model = prediction.TFLiteModel(path, num_threads=threads)
+    model = inference.TFLiteModel(path, num_threads=threads)
     return _median_ms(lambda: model(image), warmup, runs)
 
 
@@ -254,8 +254,8 @@ def tf_latency_here(paths: dict[str, str], size: int, threads: int, warmup: int,
     image = tf.constant(test_pattern(size))
     result = {}
     for name, path in paths.items():
-        model = prediction.load_model(path)
-        call = model._loaded.serve if isinstance(model, prediction.SavedModel) else \
+        model = inference.load_model(path)
+        call = model._loaded.serve if isinstance(model, inference.SavedModel) else \
             tf.function(lambda x, m=model: m(x, training=False))
         result[name] = _median_ms(lambda: call(image).numpy(), warmup, runs)
     return result
@@ -263,8 +263,8 @@ def tf_latency_here(paths: dict[str, str], size: int, threads: int, warmup: int,
 
 def tf_latency(paths: dict[str, str], size: int, threads: int, warmup: int, runs: int) -> dict[str, float]:
     """tf_latency_here in a fresh Python process (same environment, so the same oneDNN choice)."""
-    code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); import runtime; runtime.start(debug=False); "
-            f"import deploy; print(json.dumps(deploy.tf_latency_here({paths!r}, {size}, {threads}, {warmup}, "
+    code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); from kit import runtime; runtime.start(debug=False); "
+            f"from kit import deploy; print(json.dumps(deploy.tf_latency_here({paths!r}, {size}, {threads}, {warmup}, "
             f"{runs})))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
@@ -309,8 +309,8 @@ def measure(files: dict[str, str], classes, test: tuple[list, list], size: int, 
     results, reference = {}, None
     for name in ["keras", *(n for n in files if n != "keras")]:
         bar.set_postfix_str(f"{name}: accuracy")
-        model = keras_model if name == "keras" and keras_model is not None else prediction.load_model(files[name])
-        predictor, masks = prediction.Predictor(model), []
+        model = keras_model if name == "keras" and keras_model is not None else inference.load_model(files[name])
+        predictor, masks = inference.Predictor(model), []
         cm = metrics.ConfusionMatrix(classes.num_classes)
         for image, label in zip(images, labels):
             masks.append(predictor.masks(image))

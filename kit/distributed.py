@@ -41,9 +41,9 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-import config
+from kit import config
 import metrics
-from errors import KitError
+from kit.errors import KitError
 
 TF_CONFIG = "TF_CONFIG"
 
@@ -137,7 +137,7 @@ def multiworker_strategy(timeout: float) -> tf.distribute.MultiWorkerMirroredStr
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     # TensorFlow's preemption notifier takes SIGTERM over and only records it, so a worker told
     # to stop would keep waiting for its peers. Every file of a run is written atomically
-    # (training.py), so ending at once is safe.
+    # (kit/training.py), so ending at once is safe.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return strategy
 

@@ -11,8 +11,8 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-import navigation  # noqa: E402
-from data import ClassTable  # noqa: E402
+from kit import navigation  # noqa: E402
+from kit.data import ClassTable  # noqa: E402
 
 
 def prediction_grid(examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: str | Path,

@@ -19,9 +19,9 @@ from PIL import Image
 import losses  # noqa: F401
 import metrics  # noqa: F401
 import model as _model  # noqa: F401
-import data
-from data import ClassTable, classes_from_json_file
-from errors import KitError
+from kit import data
+from kit.data import ClassTable, classes_from_json_file
+from kit.errors import KitError
 
 CLASSES_FILE = "classes.json"  # written beside exported models: their class table
 

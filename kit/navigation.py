@@ -1,10 +1,10 @@
 """From class probabilities to a heading: the planner-facing end of the kit, in pure NumPy.
 
-The vehicle's planner gets the model's softmax for one camera frame (prediction.Predictor's
+The vehicle's planner gets the model's softmax for one camera frame (inference.Predictor's
 `probabilities`, (H, W, C)), turns it into a cost map in [0, 1] and steers toward the
 cheapest of a few vertical strips of the near field:
 
-    import navigation
+    from kit import navigation
     probs = predictor.probabilities(image[None])[0].numpy()  # (H, W, C) float32
     result = navigation.navigate(probs, profile="safe", sectors=5)
     result["heading"]  # 0 = far left ... sectors - 1 = far right
@@ -14,7 +14,7 @@ Two steps, usable on their own: `cost_map(probs, profile, class_costs)` and
 `plan(cost, sectors, stop_threshold)`. A data set with its own classes passes
 `class_costs=class_costs_for(its_class_names, overrides)`.
 
-Only NumPy and voc.py (NumPy and PIL) are imported, never TensorFlow, Keras, SciPy or
+Only NumPy and kit/voc.py (NumPy and PIL) are imported, never TensorFlow, Keras, SciPy or
 OpenCV, so a ROS node can import this cheaply.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-import voc
+from kit import voc
 
 # Class costs in [0, 1]: 0 is free to drive on, 1 is never hit. The ordering is what matters:
 # people above animals (they move unpredictably) above vehicles (hard, but mostly still) above

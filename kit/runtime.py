@@ -1,6 +1,6 @@
 """Settings TensorFlow reads once, when it loads: entry points call these before importing it.
 
-    import runtime
+    from kit import runtime
     runtime.start(onednn=True)  # train.py, first thing: oneDNN on x86, a quiet TensorFlow
 
 TensorFlow decides when its library loads whether its CPU kernels go through oneDNN
@@ -52,7 +52,7 @@ def start(onednn: bool = False, debug: bool | None = None) -> None:
     if onednn:
         prefer_onednn()
     if debug is None:
-        import cli
+        from kit import cli
 
         debug = cli.debugging()
     if debug or "tensorflow" in sys.modules:

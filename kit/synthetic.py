@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-import data
-from voc import CLASS_NAMES, IGNORE_LABEL
+from kit import data
+from kit.voc import CLASS_NAMES, IGNORE_LABEL
 
 # A handful of classes a small vehicle meets; each has its own shape, colour and texture.
 DEFAULT_CLASSES: tuple[str, ...] = ("car", "person", "dog", "bicycle", "chair", "pottedplant")

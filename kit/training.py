@@ -26,10 +26,10 @@ import tensorflow as tf
 from keras import ops
 from tqdm import tqdm
 
-import atomic
-import config
-import distributed
-from errors import KitError
+from kit import atomic
+from kit import config
+from kit import distributed
+from kit.errors import KitError
 
 STATE_DIR = "state"
 MONITOR = "val_mean_iou"
@@ -133,7 +133,7 @@ def load_checkpoint(path: Path) -> keras.Model:
 def make_strategy(name: str, worker_timeout: float = 300.0) -> tf.distribute.Strategy:
     """auto: all local GPUs if more than one, else the default; mirrored: all local GPUs, or
     every logical CPU when there is no GPU; multiworker: several machines, from TF_CONFIG
-    (distributed.py; a worker that does not answer within `worker_timeout` s is an error).
+    (kit/distributed.py; a worker that does not answer within `worker_timeout` s is an error).
 
     Call it before anything lists devices or creates a tensor: a multi-worker strategy has to
     configure TensorFlow's collective ops before TensorFlow initialises its devices.

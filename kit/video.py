@@ -38,9 +38,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-import navigation
-from data import ClassTable
-from errors import KitError
+from kit import navigation
+from kit.data import ClassTable
+from kit.errors import KitError
 
 FOURCC = "mp4v"
 CAMERA_FPS = 30.0  # written when a camera does not report its frame rate
@@ -202,7 +202,7 @@ def draw_navigation(frame: np.ndarray, result: dict) -> np.ndarray:
 
 def frame_model(predictor, smooth: float = 0.0, nav: NavigationSpec | None = None
                 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
-    """The per-frame model call for run_stream, from a prediction.Predictor.
+    """The per-frame model call for run_stream, from a inference.Predictor.
 
     (1, H, W, 3) float32 -> ((H, W) uint8 mask, (H, W, C) float32 probabilities, or None when
     `nav` is not given). Everything per-class happens in the model's graph, on the model's

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import runtime  # noqa: E402
+from kit import runtime  # noqa: E402
 
 # As train.py does, before any test module loads TensorFlow: on x86 the suite runs with
 # oneDNN and the native dilated kernel; test_portability runs the other kernels.
@@ -88,7 +88,7 @@ def file_server():
 @pytest.fixture(scope="session")
 def small_voc(tmp_path_factory) -> Path:
     """A small synthetic VOC2012 folder (12 train, 8 val, 60-120 px), shared by the session."""
-    import synthetic
+    from kit import synthetic
 
     root = tmp_path_factory.mktemp("voc") / "VOCdevkit" / "VOC2012"
     return synthetic.generate_voc_tree(root, num_train=12, num_val=8, seed=3, min_size=60,
@@ -115,7 +115,7 @@ def build_cvat_export(root: Path, n: int = 6, size=(24, 18), seed: int = 0, shap
     import numpy as np
     from PIL import Image
 
-    import data
+    from kit import data
 
     rng = np.random.default_rng(seed)
     for sub in (data.IMAGES_DIR, data.MASKS_DIR, data.SPLITS_DIR):

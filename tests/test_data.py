@@ -1,4 +1,4 @@
-"""data.py: VOC trees in every layout, CVAT label maps, masks decoded by colour, exact split names."""
+"""kit/data.py: VOC trees in every layout, CVAT label maps, masks decoded by colour, exact split names."""
 import os
 import shutil
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data
+from kit import data
 import pipeline
-import voc
-from data import ClassTable, DataError
+from kit import voc
+from kit.data import ClassTable, DataError
 
 VOC = ClassTable.voc()
 

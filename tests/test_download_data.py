@@ -19,11 +19,11 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-import cli
-import data
+from kit import cli
+from kit import data
 import download_data as dd
-import synthetic
-import voc
+from kit import synthetic
+from kit import voc
 
 ROOT = Path(__file__).resolve().parents[1]
 VOC_PATH = "/VOCtrainval_11-May-2012.tar"

@@ -1,4 +1,4 @@
-"""export.py --report and deploy.py on a tiny trained run (64 px, MobileNetV2 without pretrained weights)."""
+"""export.py --report and kit/deploy.py on a tiny trained run (64 px, MobileNetV2 without pretrained weights)."""
 import json
 import shutil
 
@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import cli
-import config
-import data
-import deploy
+from kit import cli
+from kit import config
+from kit import data
+from kit import deploy
 import download_data
 import export
-import prediction
+from kit import inference
 import train
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -63,8 +63,8 @@ def test_full_int8_has_only_int8_tensors_and_matches_keras(report, run_dir):
     assert deploy.float_ops(path) == [] and result["full_int8"]["float_ops"] == []
     assert deploy.float_ops(out / "model_float32.tflite")  # the check is not vacuous
     # Argmax agreement with Keras, counted here on the test images the report used.
-    keras_model = prediction.load_model(run_dir / "best.keras")
-    quantized = prediction.load_model(path)
+    keras_model = inference.load_model(run_dir / "best.keras")
+    quantized = inference.load_model(path)
     saved = json.loads((run_dir / "config.json").read_text())
     images, _ = deploy.images_of(data.tree_from_config(saved), "test", 64)
     same = total = 0

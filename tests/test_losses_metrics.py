@@ -5,7 +5,7 @@ import tensorflow as tf
 
 import losses
 import metrics
-from voc import IGNORE_LABEL
+from kit.voc import IGNORE_LABEL
 
 C = 5
 

@@ -5,7 +5,7 @@ import tensorflow as tf
 import keras
 
 import model as deeplab
-from voc import NUM_CLASSES
+from kit.voc import NUM_CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,14 @@ import keras
 import numpy as np
 import pytest
 
-import config
-import distributed
+from kit import config
+from kit import distributed
 import download_data
 import losses  # noqa: F401 (registers the classes a checkpoint names)
 import metrics  # noqa: F401
 import model  # noqa: F401
 import train
-import training  # noqa: F401
+from kit import training  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--num-train", "8", "--num-val", "8", "--input-size", "64",

@@ -1,4 +1,4 @@
-"""navigation.py on crafted probability maps: where the plan heads, when it stops, and the costs.
+"""kit/navigation.py on crafted probability maps: where the plan heads, when it stops, and the costs.
 
 Pure NumPy and fast: run alone with `python -m pytest -q tests/test_navigation.py`.
 """
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import navigation
-import voc
+from kit import navigation
+from kit import voc
 
 H, W = 60, 100  # 5 strips of 20 columns; the near field is rows 30-59
 PERSON = voc.CLASS_NAMES.index("person")
@@ -325,9 +325,9 @@ def test_navigate_is_plan_of_cost_map():
 
 def test_navigation_imports_no_heavy_frameworks():
     # A ROS node imports this: no TensorFlow, Keras, SciPy or OpenCV may come along.
-    code = ("import sys, navigation; heavy = [m for m in ('tensorflow', 'keras', 'scipy', 'cv2',"
+    code = ("import sys; from kit import navigation; heavy = [m for m in ('tensorflow', 'keras', 'scipy', 'cv2',"
             " 'torch', 'jax') if m in sys.modules]; print(heavy); sys.exit(bool(heavy))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=Path(navigation.__file__).parent,
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(navigation.__file__).parents[1],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
 

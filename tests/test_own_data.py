@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data
+from kit import data
 import evaluate
 import export
 import predict

@@ -4,10 +4,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import data
+from kit import data
 import pipeline
-from data import ClassTable, DataError
-from voc import IGNORE_LABEL, PALETTE
+from kit.data import ClassTable, DataError
+from kit.voc import IGNORE_LABEL, PALETTE
 
 VOC = ClassTable.voc()
 

@@ -16,7 +16,7 @@ import pytest
 
 import download_data
 import model as deeplab
-import prediction
+from kit import inference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def test_train_evaluate_export_without_onednn_and_the_model_loads_here(data_dir,
     assert 0.0 <= result["mean_iou"] <= 1.0 and result["savedmodel_agreement"] >= 0.999
     assert (out / "export" / "saved_model" / "saved_model.pb").is_file()
     # The same file, loaded where the suite runs (oneDNN and the native kernel on x86).
-    loaded = prediction.load_model(run_dir / "best.keras")  # safe_mode, as predict.py loads it
+    loaded = inference.load_model(run_dir / "best.keras")  # safe_mode, as predict.py loads it
     x = np.random.default_rng(0).uniform(0, 255, (1, 64, 80, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(loaded(x, training=False)), np.load(out / "logits.npy"),
                                rtol=1e-3, atol=1e-3)

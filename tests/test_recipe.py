@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import config
-import data
+from kit import config
+from kit import data
 import losses
 import metrics
 import model as deeplab
 import pipeline
-import prediction
+from kit import inference
 import train
-import training
-from voc import IGNORE_LABEL, NUM_CLASSES, PALETTE
+from kit import training
+from kit.voc import IGNORE_LABEL, NUM_CLASSES, PALETTE
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -151,7 +151,7 @@ def test_freeze_bn_keeps_every_batch_norm_fixed():
 
 
 def test_the_declared_choices_are_the_ones_the_code_implements():
-    # config.py declares choices without importing TensorFlow; the implementations must match.
+    # kit/config.py declares choices without importing TensorFlow; the implementations must match.
     assert set(config.TRAIN["loss"].choices) == set(losses.LOSSES)
     assert set(config.TRAIN["backbone"].choices) == set(deeplab.BACKBONES)
     for schedule in config.TRAIN["schedule"].choices:
@@ -235,7 +235,7 @@ def aux_run(synthetic_dir, tmp_path_factory):
 def test_the_aux_head_trains_but_stays_out_of_best_keras(aux_run):
     saved = json.loads((aux_run / "config.json").read_text())
     assert saved["aux_loss"] == 0.4 and len(saved["dataset_class_weights"]) == NUM_CLASSES
-    best = prediction.load_model(aux_run / "best.keras")
+    best = inference.load_model(aux_run / "best.keras")
     assert not [layer.name for layer in best.layers if layer.name.startswith("aux")]
     assert best.output.shape[-1] == NUM_CLASSES and best.layers[-1].name == "logits"
     last = keras.models.load_model(aux_run / "state" / "last.keras")
@@ -248,7 +248,7 @@ def test_the_aux_head_trains_but_stays_out_of_best_keras(aux_run):
 def test_output_stride_8_evaluation_reuses_the_stride_16_weights(aux_run, tmp_path):
     import evaluate
 
-    m16 = prediction.load_model(aux_run / "best.keras")
+    m16 = inference.load_model(aux_run / "best.keras")
     m8 = deeplab.with_output_stride(m16, 8)
     assert m8.name.endswith("os8") and m8.get_layer("conv4_block2_2_conv").dilation_rate == (2, 2)
     for name in ("conv4_block3_2_conv", "conv5_block1_2_conv", "aspp", "classifier"):
@@ -277,7 +277,7 @@ class _Toy:
 def test_tta_averages_softmax_probabilities_at_the_original_size():
     toy = _Toy()
     x = np.random.default_rng(5).uniform(0, 255, (1, 20, 30, 3)).astype("float32")
-    p = prediction.Predictor(toy, flip=True, scales=(1.0, 0.5)).probabilities(x).numpy()
+    p = inference.Predictor(toy, flip=True, scales=(1.0, 0.5)).probabilities(x).numpy()
 
     def soft(v):
         return tf.nn.softmax(toy(tf.constant(v))).numpy()
@@ -291,14 +291,14 @@ def test_tta_averages_softmax_probabilities_at_the_original_size():
 def test_sliding_windows_sum_probabilities_over_overlaps():
     toy = _Toy()
     x = np.random.default_rng(6).uniform(0, 255, (1, 70, 95, 3)).astype("float32")
-    slid = prediction.Predictor(toy, mode="slide", crop_size=32, stride=20).masks(x)[0]
+    slid = inference.Predictor(toy, mode="slide", crop_size=32, stride=20).masks(x)[0]
     total = np.zeros((70, 95, 3))
-    for r in prediction.window_starts(70, 32, 20):
-        for c in prediction.window_starts(95, 32, 20):
+    for r in inference.window_starts(70, 32, 20):
+        for c in inference.window_starts(95, 32, 20):
             total[r:r + 32, c:c + 32] += tf.nn.softmax(toy(tf.constant(x[:, r:r + 32, c:c + 32]))).numpy()[0]
     np.testing.assert_array_equal(slid, total.argmax(-1))
-    assert prediction.window_starts(70, 32, 20) == [0, 20, 38]
-    whole = prediction.Predictor(toy, mode="auto", max_pixels=10 ** 6)
+    assert inference.window_starts(70, 32, 20) == [0, 20, 38]
+    whole = inference.Predictor(toy, mode="auto", max_pixels=10 ** 6)
     np.testing.assert_array_equal(whole.masks(x), np.argmax(whole.probabilities(x), -1))
     assert whole.slid == 0
 
@@ -308,7 +308,7 @@ def test_masks_rank_classes_as_the_probabilities_do():
     toy = _Toy()
     x = np.random.default_rng(7).uniform(0, 255, (2, 24, 36, 3)).astype("float32")
     for options in ({}, {"flip": True}, {"scales": (1.0, 0.5)}):
-        predictor = prediction.Predictor(toy, **options)
+        predictor = inference.Predictor(toy, **options)
         assert predictor.single_view == (options == {})
         masks = predictor.masks(x)
         assert masks.dtype == np.uint8 and masks.shape == (2, 24, 36)

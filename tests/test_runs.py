@@ -11,13 +11,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import config
+from kit import config
 import evaluate
 import export
 import predict
-import prediction
+from kit import inference
 import train
-import training
+from kit import training
 
 from conftest import tiny_argv  # noqa: E402
 
@@ -180,18 +180,18 @@ def test_predict_faults(finished_run, tmp_path):
     written = predict.main(predict.parse_args(["--model", model, str(a), str(b), "--out", str(tmp_path / "out")]))
     names = sorted(p.name for p in (tmp_path / "out").glob("*_mask.png"))
     assert len(written) == 4 == len(names) and "a_x_jpg_mask.png" in names and "b_x_mask.png" in names
-    assert np.asarray(prediction.read_image(a / "deep.png")).max() == pytest.approx(30000 / 257, abs=0.01)
+    assert np.asarray(inference.read_image(a / "deep.png")).max() == pytest.approx(30000 / 257, abs=0.01)
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="holds no images"):
         predict.main(predict.parse_args(["--model", model, str(tmp_path / "empty"), "--out", str(tmp_path / "o")]))
     fake = tmp_path / "notes.keras"
     fake.write_text("not a model")
-    with pytest.raises(prediction.ModelFileError, match="notes.keras cannot be loaded"):
-        prediction.load_model(fake)
+    with pytest.raises(inference.ModelFileError, match="notes.keras cannot be loaded"):
+        inference.load_model(fake)
     junk = tmp_path / "junk.tflite"
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
-    with pytest.raises(prediction.ModelFileError, match="junk.tflite cannot be loaded"):
-        prediction.load_model(junk)
+    with pytest.raises(inference.ModelFileError, match="junk.tflite cannot be loaded"):
+        inference.load_model(junk)
 
 
 @pytest.mark.parametrize("size", ["0", "-5", "7"])

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data
-import synthetic
-import voc
+from kit import data
+from kit import synthetic
+from kit import voc
 
 
 def test_tree_is_a_complete_voc_layout(small_voc):

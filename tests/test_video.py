@@ -1,4 +1,4 @@
-"""predict.py on videos and cameras (video.py), navigation on images, and evaluate's navigation figure.
+"""predict.py on videos and cameras (kit/video.py), navigation on images, and evaluate's navigation figure.
 
 One tiny untrained model (64 px, MobileNetV2 without pretrained weights) serves the module.
 """
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import config
+from kit import config
 import download_data
 import evaluate
 import predict
-import video
-import voc
-from data import ClassTable
+from kit import video
+from kit import voc
+from kit.data import ClassTable
 from model import build_deeplabv3
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -118,7 +118,7 @@ class _Alternating:
 def test_smoothing_averages_probabilities_over_time():
     """With A = 0.5 frame 1's probabilities are the mean of frames 0 and 1, frame 2's 0.75 / 0.25."""
     nav = video.NavigationSpec("safe", np.zeros(voc.NUM_CLASSES, np.float32))
-    step = video.frame_model(predict.prediction.Predictor(_Alternating()), smooth=0.5, nav=nav)
+    step = video.frame_model(predict.inference.Predictor(_Alternating()), smooth=0.5, nav=nav)
     x = np.zeros((1, 16, 18, 3), np.float32)
     seen = [step(x) for _ in range(3)]
     np.testing.assert_allclose([probs[0, 0, :2] for _, probs in seen], [[1.0, 0.0], [0.5, 0.5], [0.75, 0.25]],
@@ -127,7 +127,7 @@ def test_smoothing_averages_probabilities_over_time():
     bigger = step(np.zeros((1, 20, 18, 3), np.float32))  # a new frame size starts afresh: class 1 alone
     np.testing.assert_allclose(bigger[1][0, 0, :2], [0.0, 1.0], rtol=0, atol=1e-6)
     assert int(bigger[0][0, 0]) == 1
-    mask, probs = video.frame_model(predict.prediction.Predictor(_Alternating()), smooth=0.5)(x)
+    mask, probs = video.frame_model(predict.inference.Predictor(_Alternating()), smooth=0.5)(x)
     assert probs is None and mask.shape == (16, 18)  # no navigation: no probabilities copied out
 
 
@@ -164,7 +164,7 @@ def test_camera_that_cannot_open_is_an_error(model_path, tmp_path, monkeypatch):
 
 
 def test_camera_error_ends_with_one_error_line(model_path, tmp_path, monkeypatch, capsys):
-    import cli
+    from kit import cli
 
     monkeypatch.setattr(video.cv2, "VideoCapture", lambda index: type("C", (), {
         "isOpened": lambda self: False, "release": lambda self: None})())
@@ -246,7 +246,7 @@ def test_class_costs_override_by_name_and_bad_ones_are_refused(model_path, clip,
 
 
 def test_plain_stream_gets_masks_from_the_model_and_navigation_gets_probabilities(model_path):
-    predictor = predict.prediction.Predictor(predict.prediction.load_model(model_path))
+    predictor = predict.inference.Predictor(predict.inference.load_model(model_path))
     x = np.random.default_rng(0).uniform(0, 255, (1, HEIGHT, WIDTH, 3)).astype(np.float32)
     logits = np.asarray(predictor.model(x, training=False))[0]  # (H, W, C)
     mask, probs = video.frame_model(predictor)(x)

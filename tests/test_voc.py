@@ -1,7 +1,7 @@
 """VOC's constants against the devkit's published values (VOCdevkit's VOClabelcolormap.m)."""
 import numpy as np
 
-import voc
+from kit import voc
 
 
 def test_class_names_and_palette_follow_the_devkit():

@@ -13,14 +13,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import config
-import data
+from kit import config
+from kit import data
 import evaluate
 import predict
 import train
-import training
-import voc
-from data import ClassTable
+from kit import training
+from kit import voc
+from kit.data import ClassTable
 
 VOC = ClassTable.voc()
 
