@@ -582,6 +582,25 @@ def synthetic_root(data_dir: str | Path) -> Path:
     return Path(data_dir) / SYNTHETIC_DIRNAME / ARCHIVE_TREE
 
 
+def _check_ours(base: Path, recipe: Path) -> None:
+    """Refuse to replace `base` unless this kit wrote it: its recipe file, and nothing beside the tree.
+
+    A user's own folder that happens to be called `synthetic/` (or one they added files to)
+    would otherwise be deleted when the tree is regenerated for another recipe.
+    """
+    if not base.exists():
+        return
+    ours = {recipe.name, ARCHIVE_TREE.parts[0]}
+    if not base.is_dir() or not recipe.is_file():
+        raise data.DataError(f"{base} exists but was not written by `download_data.py --synthetic` (no {recipe.name} "
+                             f"in it); move it away or pass another --data-dir: nothing was changed")
+    extra = sorted(p.name for p in base.iterdir() if p.name not in ours)
+    if extra:
+        raise data.DataError(f"{base} holds files the synthetic generator did not write ({', '.join(extra[:5])}"
+                             f"{', ...' if len(extra) > 5 else ''}); regenerating would delete them. Move them "
+                             f"out, or pass another --data-dir: nothing was changed")
+
+
 def ensure_synthetic(data_dir: str | Path = "data", num_train: int = 200, num_val: int = 100,
                      seed: int = 0, progress: bool = True, **kwargs) -> Path:
     """Generate the synthetic tree if it is not complete already (same recipe); return its VOC2012 folder."""
@@ -598,9 +617,10 @@ def ensure_synthetic(data_dir: str | Path = "data", num_train: int = 200, num_va
             return root
     except (data.DataError, OSError, ValueError):
         pass
+    _check_ours(base, recipe)
     # Build beside the destination and swap it in, so an interrupted run leaves nothing that looks complete.
     atomic.clean_leftovers(base.parent)
-    with atomic.folder(base, replace=True) as tmp:  # replaces only our own tree of another recipe
+    with atomic.folder(base, replace=True) as tmp:  # replaces only our own tree (checked above)
         synthetic.generate_voc_tree(tmp / ARCHIVE_TREE, num_train, num_val, seed, progress=progress, **kwargs)
         (tmp / recipe.name).write_text(json.dumps(params, indent=2))
     data.Tree(root, data.ClassTable.voc()).check_complete()
@@ -644,8 +664,9 @@ def parse_args(argv=None):
                         "(0: never)")
     p.add_argument("--stall-window", type=float, default=DEFAULT_STALL_WINDOW,
                    help="seconds over which --min-speed is averaged")
-    p.add_argument("--num-train", type=int, default=200, help="synthetic: training images")
-    p.add_argument("--num-val", type=int, default=100, help="synthetic: validation images (split into val and test)")
+    p.add_argument("--num-train", type=cli.whole_number(1), default=200, help="synthetic: training images")
+    p.add_argument("--num-val", type=cli.whole_number(2), default=100,
+                   help="synthetic: validation images (split into val and test)")
     p.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli.add_debug_flag(p)

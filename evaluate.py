@@ -6,8 +6,9 @@
     python evaluate.py --tta flip --scales 0.75,1,1.25
 
 The data and classes are the run's own (its config.json); nothing is downloaded or generated.
-The test split is the second half of the shuffled validation list (data.subset_ids); by
-default each image is scored at its original resolution. Writes metrics.json, a per-class
+The test split is the data's test.txt, or else the second half of the shuffled validation list
+(data.splits_of); a run refuses to score a split that is not the one it recorded at training
+(the lists changed since). By default each image is scored at its original resolution. Writes metrics.json, a per-class
 Markdown table, a confusion-matrix figure, a prediction grid, a navigation figure (the first
 --num-navigation images: cost map and heading, --navigation profile) and training curves to
 --out-dir.
@@ -46,15 +47,15 @@ def parse_args(argv=None):
                    help="test (default), val, full-val (all of the validation list) or train")
     p.add_argument("--resolution", choices=("original", "input"), default="original",
                    help="original: each image at its own size; input: resized to the training input size")
-    p.add_argument("--input-size", type=int, help="size for --resolution input (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size for --resolution input")
+    p.add_argument("--input-size", type=cli.whole_number(1), help="size for --resolution input (default: the run's)")
+    p.add_argument("--batch-size", type=cli.whole_number(1), default=8, help="batch size for --resolution input")
     p.add_argument("--output-stride", type=int, choices=(8, 16), help="evaluate a ResNet-50 model at this output "
                    "stride (default: the one it was trained at); 8 on a model trained at 16 is the paper's protocol")
     config.add_arguments(p, config.INFERENCE)
-    p.add_argument("--num-figures", type=int, default=6, help="images in the prediction figure")
+    p.add_argument("--num-figures", type=cli.whole_number(0), default=6, help="images in the prediction figure")
     p.add_argument("--navigation", choices=(*sorted(navigation.PROFILES), "none"), default="safe",
                    help="profile of the navigation figure (navigation.png), or none for no figure (default safe)")
-    p.add_argument("--num-navigation", type=int, default=3, help="images in the navigation figure (the first "
+    p.add_argument("--num-navigation", type=cli.whole_number(0), default=3, help="images in the navigation figure (the first "
                    "of the prediction figure's; each is run once more for its probabilities)")
     p.add_argument("--out-dir", help="where reports go (default RUN_DIR)")
     cli.add_debug_flag(p)
@@ -76,9 +77,14 @@ def main(args) -> dict:
     trained_stride = saved.get("output_stride", config.TRAIN["output_stride"].default)
     output_stride = args.output_stride or trained_stride
     if output_stride != trained_stride:
+        backbone = saved.get("backbone", config.TRAIN["backbone"].default)
+        if backbone != "resnet50":
+            raise config.ConfigError(f"--output-stride {output_stride}: only a ResNet-50 model can change its output "
+                                     f"stride, and this run's backbone is {backbone}; leave --output-stride out")
         model = with_output_stride(model, output_stride)
         print(f"evaluating at output stride {output_stride} (trained at {trained_stride}), same weights")
     predictor = inference.Predictor(model, **config.predictor_options(options))
+    tree.check_split(saved.get("splits"), args.subset)  # the split the run held out, not a reshuffled one
     pairs = tree.pairs(args.subset)
     pipeline.check_files(pairs, classes, f"{args.subset} files")
     original = args.resolution == "original"

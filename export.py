@@ -77,6 +77,7 @@ def main(args) -> dict:
         raise config.ConfigError(f"--size {size}: the export size must be a positive multiple of the model's "
                                  f"output stride {stride}, e.g. {max(stride, size // stride * stride)}")
     tree = data.tree_from_config(saved, args.data_dir)
+    tree.check_split(saved.get("splits"), "test")  # the report scores the run's own held-out split
     test = deploy.images_of(tree, "test", size, args.report_images if args.report else args.parity_images)
     calibration = None
     if "tflite_full_int8" in formats:

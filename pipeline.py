@@ -45,13 +45,12 @@ def load_example(jpg_path: str, png_path: str, classes: ClassTable | None = None
 
     The mask is decoded by colour through `classes` (VOC's by default): a palettized PNG
     through its own palette, an RGB one by its colours (tf.io.decode_png would give colours,
-    not classes). Grayscale and CMYK images become RGB. Every failure is a DataError naming
-    the file.
+    not classes). Grayscale and CMYK images become RGB; a photo is turned upright by its EXIF
+    orientation, as annotation tools show it. Every failure is a DataError naming the file.
     """
     classes = classes or ClassTable.voc()
     try:
-        with Image.open(jpg_path) as im:
-            image = data.rgb_array(im)  # uint8
+        image = data.read_rgb(jpg_path)  # uint8, upright
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... all mean "bad file"
         raise DataError(f"cannot read image {jpg_path}: {type(err).__name__}: {err}") from None
     try:
@@ -62,8 +61,11 @@ def load_example(jpg_path: str, png_path: str, classes: ClassTable | None = None
     except Exception as err:
         raise DataError(f"cannot read mask {png_path}: {type(err).__name__}: {err}") from None
     if mask.shape != image.shape[:2]:
+        turned = (" (the image's EXIF orientation turns it upright: the mask was drawn on the stored, "
+                  "sideways pixels; export it again from the upright image)"
+                  if mask.shape == image.shape[1::-1] and data.exif_rotates(jpg_path) else "")
         raise DataError(f"mask {png_path} is {mask.shape[1]}x{mask.shape[0]} but image {jpg_path} is "
-                        f"{image.shape[1]}x{image.shape[0]}")
+                        f"{image.shape[1]}x{image.shape[0]}{turned}")
     return image, mask
 
 

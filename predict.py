@@ -7,10 +7,13 @@
 Each image is segmented at its own size (grayscale and 16-bit images too). For `NAME.ext` it
 writes `NAME_mask.png` (palettized in the data set's class colours, class indices as pixel
 values) and `NAME_overlay.jpg`; inputs whose names would collide (`a/x.jpg`, `b/x.jpg`) are
-told apart by their folders (`a_x_mask.png`, `b_x_mask.png`). The classes come from the
+told apart by their folders (`a_x_mask.png`, `b_x_mask.png`), and names still shared get
+`_2`, `_3`. Nothing is written into a folder given as input, and no output replaces an input
+(the run refuses before it starts). The classes come from the
 model's run (its config.json) or export (classes.json), or --labelmap. A file that cannot be
 read is reported by name, the others are still processed, and the exit status is non-zero.
-With --navigation, each image is run whole and also gets `NAME_navigation.png` (image, mask,
+With --navigation, each image is planned on (scaled down first where --mode / --max-pixels
+would not run it whole; its mask is still full size) and also gets `NAME_navigation.png` (image, mask,
 cost map, sector costs) and a line in `navigation.jsonl`; its overlay shows the heading.
 
 A video (--video FILE) or camera (--camera INDEX) gives `NAME_overlay.mp4` (every frame, at the
@@ -81,7 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--model", required=True, help="a .keras model from train.py, or a .tflite / SavedModel from export.py")
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     p.add_argument("--video", metavar="FILE", help="a video file to segment frame by frame (instead of images)")
-    p.add_argument("--camera", type=int, metavar="INDEX", help="a camera to segment (cv2.VideoCapture index, "
+    p.add_argument("--camera", type=cli.whole_number(0), metavar="INDEX", help="a camera to segment (cv2.VideoCapture index, "
                    "e.g. 0) until Ctrl-C or --max-frames")
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--navigation", choices=sorted(navigation.PROFILES), help="also plan a heading: drawn on "
@@ -125,13 +128,15 @@ def collect(inputs: list[str]) -> list[Path]:
 def output_names(files: list[Path]) -> list[str]:
     """A distinct output name per input: its stem, or, where stems collide, its path from the
     twins' common folder joined by "_" (a/x.jpg, b/x.jpg -> a_x, b_x), with the suffix where
-    twins share a folder (a/x.jpg, a/x.png -> a_x_jpg, a_x_png)."""
+    twins share a folder (a/x.jpg, a/x.png -> a_x_jpg, a_x_png). Names still shared after that
+    (a/x.jpg and a_x.jpg both give a_x; c/y.jpg and c/y.JPG both c_y_jpg) get _2, _3... in input
+    order. Names are compared ignoring case: macOS and Windows file systems do."""
     twins: dict[str, list[Path]] = defaultdict(list)
     for path in files:
-        twins[path.stem].append(path.resolve())
+        twins[path.stem.casefold()].append(path.resolve())
     names = []
     for path in files:
-        group = twins[path.stem]
+        group = twins[path.stem.casefold()]
         if len(group) == 1:
             names.append(path.stem)
             continue
@@ -140,6 +145,42 @@ def output_names(files: list[Path]) -> list[str]:
         if sum(p.parent == path.resolve().parent for p in group) > 1:  # a twin in the same folder
             name += "_" + path.suffix.lstrip(".").lower()
         names.append(name)
+    wanted = {name.casefold() for name in names}
+    used: set[str] = set()
+    distinct = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate.casefold() in used or (n > 1 and candidate.casefold() in wanted):
+            n += 1
+            candidate = f"{name}_{n}"
+        used.add(candidate.casefold())
+        distinct.append(candidate)
+    return distinct
+
+
+OUTPUT_SUFFIXES = ("_mask.png", "_overlay.jpg", "_navigation.png")  # what predict_files writes per input
+
+
+def check_outputs(inputs: list[str], files: list[Path], out: Path) -> list[str]:
+    """The output names of `files`, after checking that writing them into `out` changes no input.
+
+    A DataError (before anything is written) when `out` is one of the given folders, where this
+    run's masks would sit among, and on a second run be read as, the images, or when an output
+    would replace an input file (photo_mask.png given as an input and as photo.jpg's mask).
+    """
+    out_resolved = out.resolve()
+    for item in map(Path, inputs):
+        if item.is_dir() and item.resolve() == out_resolved:
+            raise DataError(f"--out {out} is also an input folder: the masks and overlays would be written among "
+                            f"the images (and could replace files there); pass another --out")
+    names = output_names(files)
+    inputs_resolved = {path.resolve() for path in files}
+    for path, name in zip(files, names):
+        clash = [out / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES
+                 if (out / f"{name}{suffix}").resolve() in inputs_resolved]
+        if clash:
+            raise DataError(f"{path}'s output {clash[0]} is one of the inputs, and would be overwritten; "
+                            f"pass another --out")
     return names
 
 
@@ -165,7 +206,8 @@ def predict_files(predictor: inference.Predictor, files: list[Path], out: Path, 
     classes = classes or ClassTable.voc()
     out.mkdir(parents=True, exist_ok=True)
     written, failed, headings = [], [], []
-    for path, name in tqdm(list(zip(files, output_names(files))), desc="predict", unit="img"):
+    names = check_outputs([], files, out)
+    for path, name in tqdm(list(zip(files, names)), desc="predict", unit="img"):
         try:
             image = inference.read_image(path)
             predictor.check_size(*image.shape[:2])
@@ -177,8 +219,12 @@ def predict_files(predictor: inference.Predictor, files: list[Path], out: Path, 
             mask = predictor.masks(image[None])[0]  # (H, W) at the image's own size
             picture = overlay(image, mask, classes, alpha)
         else:
-            probs = predictor.probabilities(image[None])[0].numpy()  # (H, W, C)
-            mask = probs.argmax(axis=-1).astype(np.uint8)
+            # (h, w, C), scaled down where --mode / --max-pixels would not run the image whole
+            probs = predictor.planning_probabilities(image[None])
+            if probs.shape[:2] == image.shape[:2]:
+                mask = probs.argmax(axis=-1).astype(np.uint8)
+            else:
+                mask = predictor.masks(image[None])[0]  # full size, window by window
             result = nav.navigate(probs)
             picture = video.draw_navigation(overlay(image, mask, classes, alpha), result)
             figures.navigation_figure([(image, mask, result)], out / f"{name}_navigation.png", classes,
@@ -193,6 +239,16 @@ def predict_files(predictor: inference.Predictor, files: list[Path], out: Path, 
 
 
 def main(args) -> list[Path]:
+    if args.class_costs and not args.navigation:
+        raise config.ConfigError("--class-costs only changes navigation: add --navigation safe|adventurous, "
+                                 "or leave --class-costs out")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise DataError(f"--out {args.out} is a file, not a folder: predictions are written into a folder; "
+                        f"pass another --out")
+    files = []
+    if args.inputs:  # checked before the model loads: a refused run writes nothing
+        files = collect(args.inputs)
+        check_outputs(args.inputs, files, Path(args.out))
     model = inference.load_model(args.model)
     classes = inference.classes_for_model(args.model, model, args.labelmap)
     inference.check_classes(model, classes, args.model)
@@ -212,7 +268,6 @@ def main(args) -> list[Path]:
         print(f"wrote {result['frames']} frame(s) ({result['predicted']} predicted, {result['frames_per_s']} "
               f"frames/s) to {result['video']} and {result['jsonl']}")
         return [Path(result["video"]), Path(result["jsonl"])]
-    files = collect(args.inputs)
     written, failed = predict_files(predictor, files, Path(args.out), classes, args.alpha, nav)
     print(f"wrote {len(written)} mask(s) and overlay(s) to {args.out}")
     if failed:

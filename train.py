@@ -54,6 +54,10 @@ def parse_args(argv=None):
 def resolve_config(args) -> dict:
     """Flags given explicitly win; then --demo's values; then the recipe's; then the declared
     defaults (config.TRAIN)."""
+    given = config.explicit(args, config.TRAIN)
+    if given.get("iterations") and given.get("epochs"):
+        raise config.ConfigError(f"--iterations {given['iterations']} and --epochs {given['epochs']} both set the "
+                                 f"run's length (epochs are derived from iterations); give one of them")
     return config.resolve(args, config.TRAIN, presets=config.presets_for(args))
 
 
@@ -76,13 +80,24 @@ def describe_data(tree: data.Tree, train_split: str) -> dict:
     Raises DataError if a split list names missing files, or if validation shares an id with
     the training split.
     """
-    counts = tree.check_complete((train_split, "full-val"))
-    overlap = set(tree.ids(train_split)) & set(tree.ids("full-val"))
-    if overlap:
-        raise data.DataError(f"{len(overlap)} id(s) of the validation list are also in {train_split}, e.g. "
-                             f"{sorted(overlap)[0]}: validation would score images the model trained on")
+    counts = tree.check_complete((train_split, "full-val", "test"))
+    for held_out in ("full-val", "test"):
+        overlap = set(tree.ids(train_split)) & set(tree.ids(held_out))
+        if overlap:
+            what = "validation list" if held_out == "full-val" else "test list"
+            raise data.DataError(f"{len(overlap)} id(s) of the {what} are also in {train_split}, e.g. "
+                                 f"{sorted(overlap)[0]}: it would score images the model trained on")
     return {**tree.describe(), "num_train_images": counts[train_split], "num_val_images": len(tree.ids("val")),
-            "num_test_images": len(tree.ids("test"))}
+            "num_test_images": len(tree.ids("test")), "splits": tree.split_record(train_split)}
+
+
+def warn_empty_classes(pixel_counts, names) -> None:
+    """A class no training mask holds is never learnt, and scores 0 or nothing: say so up front."""
+    empty = [name for name, count in zip(names, pixel_counts) if count == 0]
+    if empty:
+        print(f"warning: {len(empty)} class(es) have no pixels in the training masks: {', '.join(empty[:10])}"
+              f"{', ...' if len(empty) > 10 else ''}. The model cannot learn them; check the label map "
+              f"(a class coloured like the ignore value?) and the masks", flush=True)
 
 
 def resolve_train_split(settings: dict, tree: data.Tree) -> str:
@@ -206,8 +221,10 @@ def _train(args, settings: dict, run_dir: Path, strategy, chief: bool) -> dict:
         print(f"resuming {run_dir} after epoch {resumed['epoch'] + 1} (best {training.MONITOR} {resumed['best']:.4f})")
     print(f"data: {tree.root} ({tree.kind}, {tree.classes.num_classes} classes), {settings['num_train_images']} "
           f"{settings['train_split']}, {settings['num_val_images']} val, {settings['num_test_images']} test images")
+    print("splits: " + ", ".join(f"{subset} from {r['from']} ({r['count']})" for subset, r in settings["splits"].items()))
     pixel_counts = pipeline.check_files(tree.pairs(settings["train_split"]), tree.classes, "training files",
                                         progress=args.verbose > 0)
+    warn_empty_classes(pixel_counts, tree.classes.names)
     pipeline.check_files(tree.pairs("val"), tree.classes, "validation files", progress=args.verbose > 0)
     if not resumed:
         if settings["class_weights"] == "dataset":
@@ -222,6 +239,9 @@ def _train(args, settings: dict, run_dir: Path, strategy, chief: bool) -> dict:
         if resumed:
             trained = training.load_checkpoint(state.last_path)
             model = inference_model(trained)
+            extended = training.extend_schedule(trained.optimizer, total_steps)
+            if extended:
+                print(f"resuming with a longer run: {extended}")
         else:
             trained, model = build_model(settings, tree.classes.num_classes, total_steps)
     trained.jit_compile = settings["xla"]  # not part of a saved model's compile config

@@ -145,7 +145,9 @@ def predictor_options(settings: dict) -> dict:
 
 
 # What the data turned out to be: recorded in config.json by train.py, and part of a run's identity.
-DATA_KEYS = ("data_root", "data_kind", "classes", "num_train_images", "num_val_images", "num_test_images")
+DATA_KEYS = ("data_root", "data_kind", "classes", "num_train_images", "num_val_images", "num_test_images", "splits")
+# Identity keys older versions did not record: compared only when the saved run has them.
+RECORDED_SINCE = frozenset({"splits"})
 IDENTITY_KEYS = tuple(name for name, s in TRAIN.items() if s.identity) + DATA_KEYS
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -235,12 +237,30 @@ def check(settings: dict) -> None:
                           "compiled with XLA); drop --xla")
     if settings.get("lr") is not None and settings["lr"] <= 0:
         raise ConfigError(f"--lr must be positive, got {settings['lr']}")
+    for name, low in (("num_train", 1), ("num_val", 2), ("aspp_filters", 1)):
+        value = settings.get(name)
+        if value is not None and value < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    # Ranges outside which training runs but learns nothing sensible (or the rate is inf).
+    for name, low, high, closed in (("momentum", 0.0, 1.0, False), ("bn_momentum", 0.0, 1.0, False),
+                                    ("weight_decay", 0.0, None, True)):
+        value = settings.get(name)
+        if value is not None and (value < low or (high is not None and value >= high)):
+            span = f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}"
+            raise ConfigError(f"--{name.replace('_', '-')} must be {span}, got {value}")
+    if settings.get("poly_power") is not None and settings["poly_power"] <= 0:
+        raise ConfigError(f"--poly-power must be positive (0.9 is DeepLab's), got {settings['poly_power']}")
+    size, before = settings.get("input_size"), settings.get("resize_before_crop")
+    if size and before and before < size and settings.get("scale_range") is None:
+        raise ConfigError(f"--resize-before-crop {before} is smaller than --input-size {size}: the {size} px crop "
+                          f"is cut from the image resized to {before} px; give at least {size}")
 
 
 def changed_identity(saved: dict, current: dict) -> dict:
     """{key: (saved, now)} for identity keys whose values differ (keys absent on one side count)."""
     return {k: (saved.get(k), current.get(k)) for k in IDENTITY_KEYS
-            if k in current and _normal(saved.get(k)) != _normal(current.get(k))}
+            if k in current and (k in saved or k not in RECORDED_SINCE)
+            and _normal(saved.get(k)) != _normal(current.get(k))}
 
 
 def _normal(value):

@@ -10,18 +10,23 @@ A tree is a folder with `JPEGImages/`, `SegmentationClass/` and `ImageSets/Segme
 (VOC 2012, the synthetic stand-in, and CVAT's "Segmentation mask 1.1" export, which adds a
 `labelmap.txt`). Its classes come from `labelmap.txt` (or `--labelmap FILE`), else VOC's 21.
 Masks are decoded by colour whatever their PNG mode, so a mask whose palette was re-saved in
-another order, or an RGB mask, reads the same. Nothing here downloads or writes.
+another order, or an RGB mask, reads the same; images are turned upright by their EXIF
+orientation. The subsets come from every split list the tree gives (splits_of: train.txt,
+val.txt, test.txt, trainval.txt or CVAT's default.txt), and a run records a fingerprint of
+each (Tree.split_record) so a later evaluation scores the same images. Nothing here
+downloads or writes.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from kit import voc
 from kit.errors import KitError
@@ -109,9 +114,11 @@ class ClassTable:
         """
         path = Path(path)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is not a name
         except OSError as err:
             raise DataError(f"cannot read label map {path}: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:
+            raise DataError(f"label map {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
         names, colours, ignore = [], [], []
         for number, line in enumerate(lines, 1):
             if not line.strip() or line.lstrip().startswith("#"):
@@ -201,6 +208,13 @@ class ClassTable:
             return labels.astype(np.uint8)
         if mode in ("L", "I", "I;16", "I;16B", "I;16L"):
             values = np.asarray(image).astype(np.int64)
+            # Values are class indices, and 255 is ignored; but a grey value that is a declared
+            # class colour means that class (a binary mask saved as 0/255 with a class coloured
+            # white): a declared class wins over the ignore value.
+            grey = self._labels_of(np.repeat(np.arange(256)[:, None], 3, axis=1))  # (256,) label of (v, v, v)
+            for v in range(self.num_classes, 256):
+                if grey[v] >= 0 and grey[v] != voc.IGNORE_LABEL and (values == v).any():
+                    values = np.where(values == v, int(grey[v]), values)
             bad = (values >= self.num_classes) & (values != voc.IGNORE_LABEL) | (values < 0)
             if bad.any():
                 found, counts = np.unique(values[bad], return_counts=True)
@@ -235,14 +249,40 @@ def rgb_array(image: Image.Image, dtype=np.uint8) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=dtype)
 
 
-def read_ids(listing: Path) -> list[str]:
-    """Ids of a split list, one per line, in file order, duplicates dropped."""
+def read_rgb(path: str | Path, dtype=np.uint8) -> np.ndarray:
+    """(H, W, 3) RGB of an image file (rgb_array), turned upright by its EXIF orientation.
+
+    Phones store a portrait photo as landscape pixels plus an orientation tag; viewers and
+    annotation tools (CVAT) show and label the upright image, so training, scoring and
+    prediction must see that one too.
+    """
+    with Image.open(path) as im:
+        return rgb_array(ImageOps.exif_transpose(im), dtype)
+
+
+def exif_rotates(path: str | Path) -> bool:
+    """Whether an image's EXIF orientation turns it by 90 degrees (values 5-8), swapping width and height."""
     try:
-        text = listing.read_text(encoding="utf-8")
+        with Image.open(path) as im:
+            return im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # 0x0112: the Orientation tag
+    except Exception:  # noqa: BLE001 - only a hint for an error message about this file
+        return False
+
+
+def read_ids(listing: Path) -> list[str]:
+    """Ids of a split list, one per line, in file order, duplicates dropped.
+
+    The id is the whole line without its surrounding blanks: CVAT and file managers write
+    names with spaces ("frame_000 copy"). A UTF-8 byte-order mark (Notepad's) is not part of
+    the first id.
+    """
+    try:
+        text = listing.read_text(encoding="utf-8-sig")
     except OSError as err:
         raise DataError(f"cannot read split list {listing}: {err.strerror or err}") from None
-    # A CVAT list may hold "name" or "name extra"; the id is the first word.
-    return list(dict.fromkeys(line.split()[0] for line in text.splitlines() if line.strip()))
+    except UnicodeDecodeError as err:
+        raise DataError(f"split list {listing} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
 
 
 def shuffled(ids: list[str]) -> list[str]:
@@ -251,32 +291,80 @@ def shuffled(ids: list[str]) -> list[str]:
     return [ids[i] for i in order]
 
 
-def split_lists(splits_dir: Path, val_fraction: float = DEFAULT_VAL_FRACTION) -> tuple[list[str], list[str]]:
-    """(training ids, validation-list ids) of a tree's ImageSets/Segmentation folder.
+@dataclass(frozen=True)
+class Splits:
+    """The ids of each subset of a tree, and which list each came from (said on start-up and
+    recorded in config.json)."""
 
-    train.txt and val.txt when both exist; otherwise the one list there (CVAT's default.txt,
-    or trainval.txt) split by `val_fraction`, fixed seed: the shuffled list's last
-    round(n * val_fraction) ids (at least 2) are the validation list.
-    """
-    train, val = splits_dir / "train.txt", splits_dir / "val.txt"
-    if train.is_file() and val.is_file():
-        return read_ids(train), read_ids(val)
-    single = [splits_dir / name for name in ("default.txt", "trainval.txt") if (splits_dir / name).is_file()]
-    if not single:
-        found = sorted(p.name for p in splits_dir.glob("*.txt")) if splits_dir.is_dir() else []
-        raise DataError(f"{splits_dir} has neither train.txt + val.txt nor one list (default.txt or trainval.txt) "
-                        f"to split; found {found or 'nothing'}")
+    train: list[str]
+    full_val: list[str]  # the whole validation list
+    val: list[str]
+    test: list[str]
+    origin: dict[str, str]  # subset -> "train.txt", "half of val.txt", "held out from train.txt (20%)"...
+
+    def ids(self, subset: str) -> list[str]:
+        return {"train": self.train, "full-val": self.full_val, "val": self.val, "test": self.test}[subset]
+
+
+def _hold_out(ids: list[str], val_fraction: float, listing: Path) -> tuple[list[str], list[str]]:
+    """(rest, held out) of `ids` in the fixed SPLIT_SEED order: the last round(n * val_fraction)
+    ids, at least 2, are held out."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    ids = shuffled(read_ids(single[0]))
+    ids = shuffled(ids)
     n_val = max(2, round(len(ids) * val_fraction))
     if len(ids) - n_val < 1:
-        raise DataError(f"{single[0]} lists {len(ids)} ids: too few to keep {n_val} for validation and train on the rest")
+        raise DataError(f"{listing} lists {len(ids)} ids: too few to keep {n_val} for validation and train on the rest")
     return ids[:-n_val], ids[-n_val:]
 
 
+def splits_of(splits_dir: Path, val_fraction: float = DEFAULT_VAL_FRACTION) -> Splits:
+    """The subsets of a tree's split lists (ImageSets/Segmentation), using every list it gives.
+
+    train: train.txt; else the one list there (CVAT's default.txt, or trainval.txt) less what
+    validation takes. Validation: val.txt; else trainval.txt's ids not in train.txt (VOC's
+    meaning of trainval); else held out from the training list by `val_fraction` with the fixed
+    seed. test: test.txt; else val and test are the two halves of the shuffled validation list.
+    """
+    lists = {name: splits_dir / f"{name}.txt" for name in ("train", "val", "test", "trainval", "default")}
+    have = {name for name, path in lists.items() if path.is_file()}
+    percent = f"{val_fraction:.0%}"
+    if "train" in have:
+        train, origin = read_ids(lists["train"]), {"train": "train.txt"}
+        if "val" in have:
+            full_val, origin["full-val"] = read_ids(lists["val"]), "val.txt"
+        elif "trainval" in have and [i for i in read_ids(lists["trainval"]) if i not in set(train)]:
+            full_val = [i for i in read_ids(lists["trainval"]) if i not in set(train)]
+            origin["full-val"] = "trainval.txt less train.txt"
+        else:
+            train, full_val = _hold_out(train, val_fraction, lists["train"])
+            origin.update({"train": "train.txt less validation", "full-val": f"held out from train.txt ({percent})"})
+    else:
+        single = next((name for name in ("default", "trainval") if name in have), None)
+        if single is None:
+            found = sorted(p.name for p in splits_dir.glob("*.txt")) if splits_dir.is_dir() else []
+            raise DataError(f"{splits_dir} has no train.txt and no single list (default.txt or trainval.txt) to "
+                            f"split; found {found or 'nothing'}")
+        train, full_val = _hold_out(read_ids(lists[single]), val_fraction, lists[single])
+        origin = {"train": f"{single}.txt less validation", "full-val": f"held out from {single}.txt ({percent})"}
+    if "test" in have:
+        test, val = read_ids(lists["test"]), full_val
+        origin.update({"val": origin["full-val"], "test": "test.txt"})
+    else:
+        mixed = shuffled(full_val)
+        val, test = mixed[: len(mixed) // 2], mixed[len(mixed) // 2:]
+        origin.update({"val": f"half of {origin['full-val']}", "test": f"other half of {origin['full-val']}"})
+    return Splits(train, full_val, val, test, origin)
+
+
+def split_lists(splits_dir: Path, val_fraction: float = DEFAULT_VAL_FRACTION) -> tuple[list[str], list[str]]:
+    """(training ids, validation-list ids) of a tree's ImageSets/Segmentation folder (splits_of)."""
+    splits = splits_of(splits_dir, val_fraction)
+    return splits.train, splits.full_val
+
+
 def subset_ids(splits_dir: Path, subset: str, val_fraction: float = DEFAULT_VAL_FRACTION) -> list[str]:
-    """Ids of a subset, by exact name (SUBSETS); see split_lists and the module docstring."""
+    """Ids of a subset, by exact name (SUBSETS); see splits_of and the module docstring."""
     if subset not in SUBSETS:
         raise DataError(f"unknown subset {subset!r}; expected one of {', '.join(SUBSETS)}")
     if subset == "trainaug":
@@ -284,14 +372,13 @@ def subset_ids(splits_dir: Path, subset: str, val_fraction: float = DEFAULT_VAL_
         if not listing.is_file():
             raise DataError(f"no {listing}: run `python download_data.py --sbd` to build SBD's trainaug split")
         return read_ids(listing)
-    train, val = split_lists(splits_dir, val_fraction)
-    if subset == "train":
-        return train
-    if subset == "full-val":
-        return val
-    mixed = shuffled(val)
-    half = len(mixed) // 2
-    return mixed[:half] if subset == "val" else mixed[half:]
+    return splits_of(splits_dir, val_fraction).ids(subset)
+
+
+def fingerprint(ids: list[str]) -> str:
+    """A short hash of a subset's ids, order-free: what config.json records of each split."""
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode("utf-8"))
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -332,12 +419,60 @@ class Tree:
             raise DataError(f"cannot list {self.images_dir}: {err.strerror or err}") from None
         return found
 
+    def _image_path(self, image_id: str) -> Path:
+        """The image of an id: found in the images folder by stem, or for an id in a subfolder
+        (CVAT keeps `cam1/frame_004` for a task's subfolders) by trying each suffix there; where
+        it should be (.jpg) if there is none."""
+        if image_id in self._images:
+            return self._images[image_id]
+        if "/" in image_id:
+            for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+                candidate = self.images_dir / f"{image_id}{suffix}"
+                if candidate.is_file():
+                    return candidate
+        return self.images_dir / f"{image_id}.jpg"
+
     def pairs(self, subset: str) -> list[tuple[str, str]]:
         """(image path, mask path) of every id of `subset`, as strings; missing files are listed
         as where they should be (check_complete reports them)."""
         masks = self.masks_dir(subset)
-        return [(str(self._images.get(i, self.images_dir / f"{i}.jpg")), str(masks / f"{i}.png"))
-                for i in self.ids(subset)]
+        return [(str(self._image_path(i)), str(masks / f"{i}.png")) for i in self.ids(subset)]
+
+    def splits(self) -> Splits:
+        """Every subset's ids and the list each came from."""
+        return splits_of(self.splits_dir, self.val_fraction)
+
+    def split_record(self, train_split: str = "train") -> dict:
+        """{subset: {"from": list, "count": n, "sha256": fingerprint}} of the training split, val
+        and test, for config.json: evaluate and export check that the data still gives them."""
+        splits = self.splits()
+        record = {}
+        for subset in (train_split, "val", "test"):
+            ids = self.ids(subset) if subset == "trainaug" else splits.ids(subset)
+            origin = TRAINAUG_LIST if subset == "trainaug" else splits.origin[subset]
+            record[subset] = {"from": origin, "count": len(ids), "sha256": fingerprint(ids)}
+        return record
+
+    def check_split(self, recorded: dict | None, subset: str) -> list[str]:
+        """The ids of `subset`, after checking they are the ones a run recorded (split_record).
+
+        A DataError when the list changed since training: a grown list reshuffles the held-out
+        halves, and the test split could then hold images the model trained on or was selected
+        on. A run without a record (older versions) is not checked.
+        """
+        ids = self.ids(subset)
+        for part in ("val", "test") if subset == "full-val" else (subset,):
+            if recorded and part in recorded:
+                self._check_same(recorded[part], part)
+        return ids
+
+    def _check_same(self, then: dict, subset: str) -> None:
+        ids = self.ids(subset)
+        if fingerprint(ids) != then["sha256"]:
+            raise DataError(f"the {subset} split of {self.root} is not the one this run used: {len(ids)} ids now, "
+                            f"{then['count']} when it trained (from {then['from']}). Its split lists changed since, "
+                            f"so the images scored now could include ones the model trained on. Restore the lists "
+                            f"the run used (or point --data-dir at that copy of the data), or train a new run")
 
     def check_complete(self, subsets=("train", "full-val")) -> dict[str, int]:
         """Every id of `subsets` has its image and mask; returns {subset: number of ids}.

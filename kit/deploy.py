@@ -81,12 +81,12 @@ def resolve_formats(spec: str) -> list[str]:
     short names ("all" for every one). ExportError names the unknown ones."""
     by_short = {f.short: name for name, f in FORMATS.items()}
     wanted = [w.strip() for w in spec.split(",") if w.strip()]
-    if "all" in wanted:
-        return list(FORMATS)
-    unknown = [w for w in wanted if w not in FORMATS and w not in by_short]
+    unknown = [w for w in wanted if w not in FORMATS and w not in by_short and w != "all"]
     if unknown or not wanted:
         choices = ", ".join(f"{n} ({f.short})" if f.short != n else n for n, f in FORMATS.items())
         raise ExportError(f"unknown formats {unknown or [spec]}; choose from all, {choices}")
+    if "all" in wanted:  # after the check: "all,bogus" is a typo to report, not "all"
+        return list(FORMATS)
     chosen = {by_short.get(w, w) for w in wanted}
     return [name for name in FORMATS if name in chosen]
 
@@ -205,7 +205,7 @@ def images_of(tree, subset: str, size: int, limit: int | None = None) -> tuple[l
     pairs = tree.pairs(subset)
     if not pairs:
         raise DataError(f"the run's data tree {tree.root} has no {subset} images; pass --data-dir where the "
-                       f"run's data is")
+                        f"run's data is")
     if limit and len(pairs) > limit:
         pairs = pairs[:: len(pairs) // limit][:limit]
     ds = pipeline.get_subset_tf_dataset(pairs, 1, 1, input_size=(size, size), classes=tree.classes, cache=False)

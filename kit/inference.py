@@ -13,7 +13,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 # Importing these registers the custom layers, losses and metrics for loading.
 import losses  # noqa: F401
@@ -128,6 +127,11 @@ def num_classes_of(model) -> int:
 
 def check_classes(model, classes: ClassTable, path) -> None:
     """ModelFileError if the model and the class table disagree on the number of classes."""
+    layers = getattr(model, "layers", None) or []
+    if layers and layers[-1].name == "logits_and_aux":  # model.training_model's output: (B, H, W, 2C)
+        raise ModelFileError(f"{path} is a training checkpoint with the auxiliary head (--aux-loss), whose "
+                             f"output holds two sets of logits; predict with the run's best.keras, which "
+                             f"train.py saves without that head")
     if num_classes_of(model) != classes.num_classes:
         raise ModelFileError(f"{path} predicts {num_classes_of(model)} classes but the data has "
                              f"{classes.num_classes} ({', '.join(classes.names[:6])}...)")
@@ -162,11 +166,10 @@ def classes_for_model(path: str | Path, model=None, labelmap: str | Path | None 
 def read_image(path: str | Path) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 255] from any image file PIL reads.
 
-    Decoded as training decodes it (data.rgb_array: 16-bit images scaled to 8-bit range, not
-    clipped), without rounding them to whole values.
+    Decoded as training decodes it (data.read_rgb: upright by its EXIF orientation, 16-bit
+    images scaled to 8-bit range, not clipped), without rounding them to whole values.
     """
-    with Image.open(path) as im:
-        return data.rgb_array(im, np.float32)
+    return data.read_rgb(path, np.float32)
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -283,6 +286,25 @@ class Predictor:
         if previous is None or tuple(previous.shape[:3]) != tuple(images.shape[:3]):
             previous, keep = tf.zeros(tuple(images.shape[:3]) + (num_classes_of(self.model),), tf.float32), 0.0
         return self._smoothed(images, previous, tf.constant(keep, tf.float32))
+
+    def planning_probabilities(self, images) -> np.ndarray:
+        """(1, H, W, 3) float32 -> (h, w, C) float32 probabilities for a planner, within the memory
+        the mode allows.
+
+        A planner needs the probability map but not every pixel of a 24 MP photo: where masks()
+        would slide (mode slide, or auto above max_pixels), the image is first scaled down to
+        max_pixels (auto) or one crop_size window's area (slide), keeping its aspect ratio, so
+        (h, w) may be smaller than (H, W). Otherwise the whole image is run, as probabilities().
+        """
+        images = np.asarray(images, dtype=np.float32)
+        height, width = images.shape[1:3]
+        self.check_size(height, width)
+        if self._slides(height, width):
+            budget = self.max_pixels if self.mode == "auto" else self.crop_size * self.crop_size
+            factor = min(1.0, (budget / (height * width)) ** 0.5)
+            size = (max(MIN_SIDE, int(height * factor)), max(MIN_SIDE, int(width * factor)))
+            images = tf.image.resize(images, size, antialias=True)
+        return self._probabilities(tf.convert_to_tensor(images, tf.float32))[0].numpy()
 
     def _slides(self, height: int, width: int) -> bool:
         big = height > self.crop_size or width > self.crop_size

@@ -136,7 +136,7 @@ def class_costs_for(class_names: Sequence[str],
     """Per-class costs for any class list, matched by name.
 
     VOC names get VOC_CLASS_COSTS, common names of drivable ground (road, floor, grass, ...) get
-    0, a few synonyms of people, animals and vehicles get their VOC group's cost, anything else
+    0 (and "background" then gets UNKNOWN_COST: it is whatever was not labelled), a few synonyms of people, animals and vehicles get their VOC group's cost, anything else
     gets UNKNOWN_COST; `overrides` (name -> cost) wins. Names match ignoring case, spaces and
     punctuation.
 
@@ -148,6 +148,11 @@ def class_costs_for(class_names: Sequence[str],
     """
     keys = [_key(name) for name in class_names]
     costs = np.array([_DEFAULT_COSTS.get(k, UNKNOWN_COST) for k in keys], dtype=np.float64)
+    # "background" is free only where it is the sole ground there is (VOC). A data set that
+    # names its drivable ground (road, floor...) leaves walls, kerbs and whatever else nobody
+    # labelled in "background": an all-background view is then not a free one.
+    if any(k in TRAVERSABLE_NAMES and k != "background" for k in keys):
+        costs[[i for i, k in enumerate(keys) if k == "background"]] = UNKNOWN_COST
     overrides = dict(overrides or {})
     unknown = [name for name in overrides if _key(name) not in keys]
     if unknown:

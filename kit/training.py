@@ -272,6 +272,26 @@ def learning_rate(schedule: str, base_lr: float, total_steps: int, power: float 
     return WarmupDecay(base_lr, total_steps, schedule, power, warmup_steps)
 
 
+def extend_schedule(optimizer, total_steps: int) -> str | None:
+    """Make a restored WarmupDecay end at `total_steps`; a message saying so when it changed.
+
+    A checkpoint keeps the schedule it was built with: a run continued with more --epochs or
+    --iterations would go on past the old end at t = 1, where poly and cosine give the end
+    rate, 0. The rate is recomputed for the new length from the step reached (so it rises
+    again, to where a run planned that long from the start would be).
+    """
+    # Keras 3 keeps the schedule object here; `optimizer.learning_rate` only gives its value.
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if not isinstance(schedule, WarmupDecay) or schedule.total_steps == total_steps:
+        return None
+    old = schedule.total_steps
+    optimizer.learning_rate = WarmupDecay(**{**schedule.get_config(), "total_steps": int(total_steps)})
+    step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    return (f"the {schedule.kind} schedule now runs over {total_steps} steps (it was {old}): at step {step} "
+            f"the learning rate is {rate:.2e}")
+
+
 def freeze_batch_norm(model: keras.Model) -> int:
     """Put every batch norm (ASPP's included) in inference mode with fixed parameters, for
     fine-tuning with batches too small for batch statistics; returns how many."""
@@ -487,10 +507,13 @@ class EpochProgress(keras.callbacks.Callback):
     def __init__(self, epochs: int, steps: int):
         super().__init__()
         self.epochs, self.steps = epochs, steps
-        self._bar, self._start = None, 0.0
+        self._bar, self._start, self._lr = None, 0.0, 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.time()
+        # The rate of the epoch's first step, as log.csv records it; read at the epoch's end a
+        # schedule has moved on (to 0 at the end of a poly schedule).
+        self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self._bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step", leave=True,
                          disable=None, bar_format="{desc} {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} {postfix}")
 
@@ -501,9 +524,8 @@ class EpochProgress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         summary = "  ".join(f"{k} {float(logs[k]):.4f}" for k in self.KEYS if k in logs)
-        summary += f"  lr {lr:.1e}  {time.time() - self._start:.0f}s"
+        summary += f"  lr {self._lr:.1e}  {time.time() - self._start:.0f}s"
         if self._bar.disable:
             print(f"epoch {epoch + 1}/{self.epochs}  {summary}", flush=True)
         else:

@@ -68,7 +68,7 @@ def test_finished_run_is_not_trained_again(trained, data_dir, capsys):
 def test_changed_settings_refuse_to_resume(trained, data_dir):
     run_dir, _ = trained
     with pytest.raises(config.ConfigError, match="input_size"):
-        train.main(train.parse_args(tiny_argv(data_dir, run_dir, "--epochs", "3", "--input-size", "96")))
+        train.main(train.parse_args(tiny_argv(data_dir, run_dir, "--epochs", "3", "--input-size", "72")))
 
 
 def test_demo_defaults_and_explicit_flags():
