@@ -1,8 +1,10 @@
-"""Fetch, verify and extract the data: PASCAL VOC 2012 from its mirrors, SBD's extra masks, or a synthetic stand-in.
+"""Fetch, verify and extract the data: PASCAL VOC 2012 from its mirrors, SBD's extra masks, ADE20K SceneParsing,
+or a synthetic stand-in.
 
     python download_data.py                          # VOC 2012 (~2 GB) into data/, unless a tree is there already
     python download_data.py --data-dir ~/VOCdevkit   # check a VOC tree already on disk; it is used where it lies
     python download_data.py --sbd                    # add SBD: SegmentationClassAug/ and trainaug.txt (10,582 ids)
+    python download_data.py --ade20k                 # ADE20K SceneParsing (150 classes) into data/ADEChallengeData2016/
     python download_data.py --synthetic              # offline stand-in under data/synthetic/
 
 A VOC 2012 tree already under --data-dir (at it, or in VOC2012/, VOCdevkit/VOC2012/ or
@@ -32,6 +34,12 @@ pipeline reads every trainaug mask); VOC val ids stay out. SBD's images were dra
 so every one is already in VOC2012/JPEGImages/; one that is not is copied there from SBD's img/.
 Every file is written under a temporary name in its folder and renamed; a second run makes no
 request and rewrites nothing.
+
+--ade20k fetches the SceneParsing archive (ADEChallengeData2016.zip, about 1 GB) the same way:
+resumable, verified by its SHA-1, safe extraction (the zip's members are checked as the tar's
+are) into data_dir/ADEChallengeData2016/, used in place when already there. Cityscapes and
+CamVid need an account or have no stable host: train.py reads them where they lie (see
+docs/datasets.md).
 """
 from __future__ import annotations
 
@@ -44,6 +52,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
@@ -82,12 +91,21 @@ SBD_EXTRACTED_NAME = "benchmark"  # data_dir/benchmark/benchmark_RELEASE/dataset
 SBD_DATASET = PurePosixPath("benchmark_RELEASE") / "dataset"
 SBD_NEEDED = ("cls", "img", "train.txt", "val.txt")  # what --sbd extracts of SBD_DATASET
 
+ADE20K_ARCHIVE_NAME = "ADEChallengeData2016.zip"
+# MIT's host, the one the data set's pages name; the SHA-1 (as gluon-cv's ade20k.py pins it)
+# fixes the bytes, so --ade20k-url may add any mirror. Its size is not published: not checked.
+ADE20K_URLS = (f"http://data.csail.mit.edu/places/ADEchallenge/{ADE20K_ARCHIVE_NAME}",)
+ADE20K_SHA1 = "219e1696abb36c8ba3a3afe7fb2f4b4606a897c7"
+ADE20K_TREE = "ADEChallengeData2016"  # the archive's one top folder; extracted to data_dir/ADEChallengeData2016/
+ADE20K_COUNTS = {"train": 20210, "full-val": 2000}  # checked on the official archive only
+ZIP_METADATA = "__MACOSX"  # Finder's resource forks in zips made on a Mac: never data, skipped
+
 SYNTHETIC_DIRNAME = "synthetic"
 CHUNK = 1 << 16  # small enough that a cut connection loses little of what arrived
 HTML_STARTS = (b"<!doctype", b"<html")
 DEFAULT_MIN_SPEED = 10_000  # bytes/s; a source averaging less over DEFAULT_STALL_WINDOW is left
 DEFAULT_STALL_WINDOW = 60.0  # seconds
-HASH_NAMES = {"sha256": "SHA-256", "md5": "MD5"}
+HASH_NAMES = {"sha256": "SHA-256", "md5": "MD5", "sha1": "SHA-1"}
 
 Checksum = tuple[str, str]  # (hashlib algorithm, hex digest)
 
@@ -395,6 +413,50 @@ def safe_extract(archive: Path, dest: Path, select: Callable[[PurePosixPath], bo
     return dest
 
 
+def check_zip_members(members: list[zipfile.ZipInfo], archive: Path, top: str) -> None:
+    """check_members for a zip: no links, absolute paths, backslashes or `..`, and every member under `top/`."""
+    for m in members:
+        name = PurePosixPath(m.filename)
+        if (m.external_attr >> 16) & 0o170000 == 0o120000:  # S_IFLNK in the Unix mode bits
+            raise DownloadError(f"{archive}: member {m.filename!r} is a link; refusing to extract")
+        if name.is_absolute() or "\\" in m.filename or re.match(r"[A-Za-z]:", m.filename):
+            raise DownloadError(f"{archive}: member {m.filename!r} has an absolute or Windows path")
+        if ".." in name.parts:
+            raise DownloadError(f"{archive}: member {m.filename!r} contains '..'")
+        if name.parts[0] != top:
+            raise DownloadError(f"{archive}: member {m.filename!r} is not under {top}/; is it the right archive?")
+
+
+def safe_extract_zip(archive: Path, dest: Path, top: str, progress: bool = True) -> Path:
+    """Extract a zip archive whose members lie under `top/` into a new folder `dest`, atomically,
+    `top/` itself dropped (ADEChallengeData2016.zip -> data/ADEChallengeData2016/, as unzip gives).
+
+    Every member is checked (check_zip_members) before anything is written; files go to a
+    temporary sibling folder renamed to `dest` when complete, as safe_extract does.
+    """
+    archive, dest = Path(archive), Path(dest)
+    if dest.exists():
+        raise DownloadError(f"{dest} already exists; move it away to extract {archive.name} again")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic.clean_leftovers(dest.parent)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.infolist() if PurePosixPath(m.filename).parts[:1] != (ZIP_METADATA,)]
+            check_zip_members(members, archive, top)
+            with atomic.folder(dest) as tmp:
+                for m in tqdm(members, desc=f"extract {archive.name}", unit="file", disable=not progress):
+                    target = tmp.joinpath(*PurePosixPath(m.filename).parts[1:])
+                    if m.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(m) as source, open(target, "wb") as out:
+                        shutil.copyfileobj(source, out, CHUNK)
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise DownloadError(f"{archive} is not a readable zip archive ({err}); delete it and rerun") from None
+    return dest
+
+
 # --- VOC 2012 -----------------------------------------------------------------------------------
 
 def ensure_voc(data_dir: str | Path = "data", urls: tuple[str, ...] = OFFICIAL_URLS,
@@ -575,6 +637,41 @@ def convert_sbd(tree: data.Tree, dataset: Path, progress: bool = True) -> list[s
     return ids
 
 
+# --- ADE20K SceneParsing ------------------------------------------------------------------------
+
+def ensure_ade20k(data_dir: str | Path = "data", urls: tuple[str, ...] = ADE20K_URLS, sha1: str = ADE20K_SHA1,
+                  progress: bool = True, **download_kwargs) -> Path:
+    """The ADE20K SceneParsing tree under `data_dir` (the folder holding images/ and annotations/),
+    downloaded only if none is there.
+
+    A tree at data_dir or data_dir/ADEChallengeData2016 is checked (every image has its
+    annotation) and used in place, read-only. Otherwise the archive is fetched from `urls` in
+    order, verified by `sha1`, and extracted into data_dir/ADEChallengeData2016/.
+    """
+    data_dir = Path(data_dir).expanduser()
+    sha1 = _hex(sha1, 40, "--ade20k-sha1")
+    layout = data.LAYOUTS["ade20k"]
+    archive, extracted = data_dir / ADE20K_ARCHIVE_NAME, data_dir / ADE20K_TREE
+    root = layout.find(data_dir)
+    if root is not None:
+        counts = data.resolve_tree(root, format="ade20k").check_complete()
+        print(f"ADE20K in place at {root} ({counts['train']} training, {counts['full-val']} validation images, "
+              f"each with its annotation); nothing to download")
+        return root
+    if extracted.exists():
+        raise DownloadError(f"{extracted} exists but holds no ADE20K tree ({layout.marks}); move it away and rerun")
+    fetch(urls, archive, ("sha1", sha1), None, progress, **download_kwargs)
+    safe_extract_zip(archive, extracted, ADE20K_TREE, progress=progress)
+    if not layout.matches(extracted):
+        raise DownloadError(f"{archive} holds no {ADE20K_TREE}/ with {layout.marks} (extracted to {extracted}); "
+                            f"is it the SceneParsing archive?")
+    counts = data.resolve_tree(extracted, format="ade20k").check_complete()
+    if sha1 == ADE20K_SHA1 and counts != ADE20K_COUNTS:
+        raise DownloadError(f"{extracted}: {counts} images, expected {ADE20K_COUNTS}")
+    print(f"ADE20K ready at {extracted} ({counts['train']} training, {counts['full-val']} validation images)")
+    return extracted
+
+
 # --- synthetic ----------------------------------------------------------------------------------
 
 def synthetic_root(data_dir: str | Path) -> Path:
@@ -634,7 +731,8 @@ def _sources_epilog() -> str:
     voc_sources = "\n".join(f"  {i}. {url}" for i, url in enumerate(OFFICIAL_URLS, 1))
     return (f"VOC 2012 sources, tried in order (--url replaces them):\n{voc_sources}\n"
             f"  pinned: SHA-256 {OFFICIAL_SHA256}, {OFFICIAL_SIZE:,} bytes\n"
-            f"SBD source (--sbd-url replaces it):\n  1. {SBD_URLS[0]}\n  pinned: MD5 {SBD_MD5}")
+            f"SBD source (--sbd-url replaces it):\n  1. {SBD_URLS[0]}\n  pinned: MD5 {SBD_MD5}\n"
+            f"ADE20K source (--ade20k-url replaces it):\n  1. {ADE20K_URLS[0]}\n  pinned: SHA-1 {ADE20K_SHA1}")
 
 
 def parse_args(argv=None):
@@ -645,6 +743,9 @@ def parse_args(argv=None):
     what = p.add_mutually_exclusive_group()
     what.add_argument("--sbd", action="store_true",
                       help="add SBD to the VOC tree: SegmentationClassAug/ and ImageSets/Segmentation/trainaug.txt")
+    what.add_argument("--ade20k", action="store_true",
+                      help="ADE20K SceneParsing (150 classes: floor, road, grass, sidewalk, wall...) into "
+                           "DATA_DIR/ADEChallengeData2016/")
     what.add_argument("--synthetic", action="store_true", help="write synthetic VOC-format data instead")
     p.add_argument("--url", action="append", dest="urls",
                    help="VOC archive URL, repeatable, tried in order; replaces the default sources (listed below)")
@@ -655,6 +756,9 @@ def parse_args(argv=None):
     p.add_argument("--sbd-url", action="append", dest="sbd_urls",
                    help="SBD benchmark.tgz URL, repeatable, tried in order; replaces Berkeley's")
     p.add_argument("--sbd-md5", default=SBD_MD5, help="expected MD5 of benchmark.tgz")
+    p.add_argument("--ade20k-url", action="append", dest="ade20k_urls",
+                   help="ADEChallengeData2016.zip URL, repeatable, tried in order; replaces MIT's")
+    p.add_argument("--ade20k-sha1", default=ADE20K_SHA1, help="expected SHA-1 of ADEChallengeData2016.zip")
     p.add_argument("--retries", type=cli.whole_number(0), default=4,
                    help="retries of a source after a server error, timeout or cut connection")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a single read may wait before it is retried")
@@ -682,6 +786,9 @@ def main(args) -> Path:
         return ensure_synthetic(args.data_dir, args.num_train, args.num_val, args.seed, progress=progress)
     download_kwargs = {"retries": args.retries, "timeout": args.timeout, "backoff": args.backoff,
              "min_speed": args.min_speed, "stall_window": args.stall_window}
+    if args.ade20k:
+        return ensure_ade20k(args.data_dir, tuple(args.ade20k_urls or ADE20K_URLS), args.ade20k_sha1,
+                             progress=progress, **download_kwargs)
     if args.sbd:
         return ensure_sbd(args.data_dir, tuple(args.sbd_urls or SBD_URLS), args.sbd_md5, progress=progress, **download_kwargs)
     return ensure_voc(args.data_dir, tuple(args.urls or OFFICIAL_URLS), args.sha256, args.size,

@@ -43,10 +43,12 @@ def get_subset_filenames(orig_dir, seg_dir, subset_dir, subset: str, val_fractio
 def load_example(jpg_path: str, png_path: str, classes: ClassTable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode one pair with PIL: image (H, W, 3) uint8 RGB, mask (H, W) uint8 class indices.
 
-    The mask is decoded by colour through `classes` (VOC's by default): a palettized PNG
-    through its own palette, an RGB one by its colours (tf.io.decode_png would give colours,
-    not classes). Grayscale and CMYK images become RGB; a photo is turned upright by its EXIF
-    orientation, as annotation tools show it. Every failure is a DataError naming the file.
+    The mask is decoded through `classes` (VOC's by default, see data.read_mask): by colour, a
+    palettized PNG through its own palette and an RGB one by its colours (tf.io.decode_png
+    would give colours, not classes); by value for a data set whose masks hold ids (ADE20K,
+    Cityscapes, CamVid, index PNGs); labelme's .npy arrays as they are. Grayscale and CMYK
+    images become RGB; a photo is turned upright by its EXIF orientation, as annotation tools
+    show it. Every failure is a DataError naming the file.
     """
     classes = classes or ClassTable.voc()
     try:
@@ -54,8 +56,7 @@ def load_example(jpg_path: str, png_path: str, classes: ClassTable | None = None
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... all mean "bad file"
         raise DataError(f"cannot read image {jpg_path}: {type(err).__name__}: {err}") from None
     try:
-        with Image.open(png_path) as im:
-            mask = classes.decode(im, png_path)
+        mask = data.read_mask(png_path, classes)
     except DataError:
         raise
     except Exception as err:

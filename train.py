@@ -4,6 +4,7 @@
     python train.py --demo                          # offline: synthetic data, small model, minutes on a laptop CPU
     python train.py --data-dir ~/VOCdevkit          # a VOC tree already on disk, used where it lies
     python train.py --data-dir my_cvat_export/      # your own classes (CVAT "Segmentation mask 1.1")
+    python train.py --data-dir data/ADEChallengeData2016   # ADE20K, Cityscapes, CamVid, labelme, Roboflow, ...
     python train.py --strategy multiworker          # on each of several machines, with TF_CONFIG (kit/distributed.py)
 
 Running the same command again after an interruption continues from the last finished epoch
@@ -62,16 +63,18 @@ def resolve_config(args) -> dict:
 
 
 def data_tree(settings: dict, progress: bool = True) -> data.Tree:
-    """The run's data tree: synthetic data generated if needed, a VOC-layout tree where it lies,
-    or VOC 2012 downloaded, but only into the default data folder and only if it holds no tree."""
+    """The run's data tree: synthetic data generated if needed, a data set where it lies (any of
+    data.FORMATS), or VOC 2012 downloaded, but only into the default data folder and only if it
+    holds no data set."""
     data_dir = Path(settings["data_dir"]).expanduser()
     if settings["dataset"] == "synthetic":
         root = download_data.ensure_synthetic(data_dir, settings["num_train"], settings["num_val"], progress=progress)
-    elif data.find_tree(data_dir) is None and settings["data_dir"] == config.TRAIN["data_dir"].default:
+    elif (settings["format"] in ("auto", "voc") and not data.detect(data_dir)
+          and settings["data_dir"] == config.TRAIN["data_dir"].default):
         root = download_data.ensure_voc(data_dir, progress=progress)
     else:
         root = data_dir  # resolve_tree finds the layout, or says where it looked
-    return data.resolve_tree(root, settings["labelmap"], settings["val_fraction"])
+    return data.resolve_tree(root, settings["labelmap"], settings["val_fraction"], settings["format"])
 
 
 def describe_data(tree: data.Tree, train_split: str) -> dict:

@@ -48,11 +48,16 @@ class Setting:
 
 TRAIN: dict[str, Setting] = {
     # data
-    "dataset": Setting("voc", "voc: a VOC-layout tree at --data-dir (VOC 2012, your own, a CVAT export; "
-                       "VOC 2012 is downloaded into the default data/ if no tree is there); synthetic: generated",
+    "dataset": Setting("voc", "voc: a data set at --data-dir (VOC 2012, a CVAT or labelme export, ADE20K, "
+                       "Cityscapes, CamVid, image + mask folders, Roboflow: see --format; VOC 2012 is downloaded "
+                       "into the default data/ if no data set is there); synthetic: generated",
                        choices=("voc", "synthetic"), identity=True),
     "data_dir": Setting("data", "where the data tree is (or, for synthetic data, goes)", metavar="PATH"),
-    "labelmap": Setting(None, "a CVAT labelmap.txt declaring the classes of a VOC-layout tree", metavar="FILE",
+    # Not an identity key: the format found is, as data_kind (DATA_KEYS).
+    "format": Setting("auto", "the data set's layout at --data-dir: auto recognises it; or force one (see "
+                      "docs/datasets.md)", choices=("auto", *data.FORMATS)),
+    "labelmap": Setting(None, "a CVAT labelmap.txt declaring the classes of a VOC-layout tree (or of image + mask "
+                        "folders)", metavar="FILE",
                         identity=True),
     "train_split": Setting("train", "train (train.txt), trainaug (VOC train + SBD, from download_data.py --sbd), "
                            "or auto: trainaug when the tree has it", choices=("train", "trainaug", "auto"),

@@ -54,17 +54,22 @@ TRAVERSABLE_NAMES: frozenset[str] = frozenset((
     "background", "road", "floor", "ground", "grass", "lawn", "sidewalk", "pavement", "path",
     "track", "trail", "lane", "terrain", "dirt", "gravel", "carpet", "free", "freespace",
     "drivable", "driveable", "drivablearea", "driveablearea",
+    # ADE20K's ground classes (its names for earth, rugs, fields, land, dirt tracks)
+    "earth", "rug", "field", "land", "dirttrack",
 ))
 # Other data sets' names for VOC's dangerous classes, so "pedestrian" is not merely "unknown".
 SYNONYM_COSTS: dict[str, float] = {
-    **dict.fromkeys(("pedestrian", "people", "human", "rider", "child"), PERSON_COST),
+    **dict.fromkeys(("pedestrian", "people", "human", "rider", "child", "bicyclist"), PERSON_COST),
     **dict.fromkeys(("animal", "pet"), ANIMAL_COST),
     **dict.fromkeys(("vehicle", "truck", "van", "motorcycle", "bike", "airplane", "tram"),
                     VEHICLE_COST),
     # Own data sets name their obstacles outright: never drive into them, whatever the profile.
     **dict.fromkeys(("obstacle", "obstacles", "wall", "barrier", "pole", "post", "rock", "fence",
                      "building", "tree", "curb", "kerb", "cone", "trafficcone", "bollard", "stairs",
-                     "water", "cliff", "hole", "door"), 1.0),
+                     "water", "cliff", "hole", "door",
+                     # Cityscapes', CamVid's and ADE20K's names for more of the same
+                     "vegetation", "trafficlight", "trafficsign", "signsymbol", "column", "railing",
+                     "stairway", "step"), 1.0),
 }
 
 # How far a pixel's probabilities may stray from [0, 1] and a sum of 1 (float16 and int8

@@ -646,3 +646,89 @@ def test_read_sbd_mask_reads_the_gtcls_struct(tmp_path):
     scipy.io.savemat(tmp_path / "other.mat", {"GTinst": {"Segmentation": mask}})
     with pytest.raises(data.DataError, match="GTcls"):
         dd.read_sbd_mask(tmp_path / "other.mat")
+
+
+# --- ADE20K SceneParsing ------------------------------------------------------------------------
+
+ADE_PATH = "/ADEChallengeData2016.zip"
+
+
+def _zip_bytes(files: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
+    """A zip of `files` (name -> bytes, as zip writes them: folders as "name/" members), plus symlink members."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, payload in files.items():
+            zf.writestr(name, payload)
+        for name in links:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o120777 << 16)  # a symlink, as `zip --symlinks` stores it
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ade_archive(tmp_path_factory) -> bytes:
+    """A zip laid out like ADEChallengeData2016.zip (one top folder), padded to span many download chunks."""
+    from datasets_builders import build_ade20k
+
+    src = tmp_path_factory.mktemp("ade_src")
+    root = build_ade20k(src, n_train=3, n_val=2, seed=5)
+    files = {"ADEChallengeData2016/": b""}
+    for path in sorted(root.rglob("*")):
+        name = "ADEChallengeData2016/" + path.relative_to(root).as_posix()
+        files[name + ("/" if path.is_dir() else "")] = b"" if path.is_dir() else path.read_bytes()
+    files["ADEChallengeData2016/padding.bin"] = np.random.default_rng(0).bytes(1 << 20)  # incompressible
+    return _zip_bytes(files)
+
+
+def _ade_args(data_dir, body, urls):
+    return dd.parse_args(["--ade20k", "--data-dir", str(data_dir), *[a for u in urls for a in ("--ade20k-url", u)],
+                          "--ade20k-sha1", hashlib.sha1(body).hexdigest(), "--backoff", "0", "--retries", "2",
+                          "--no-progress"])
+
+
+def test_ade20k_is_downloaded_resumed_verified_and_extracted_where_train_finds_it(file_server, tmp_path,
+                                                                                  ade_archive, capsys):
+    file_server.routes[ADE_PATH] = (ade_archive, "cut_once")
+    root = dd.main(_ade_args(tmp_path, ade_archive, [file_server.url(ADE_PATH)]))
+    assert root == tmp_path / "ADEChallengeData2016" and (root / "images" / "training").is_dir()
+    assert any(rng for _, rng in file_server.requests)  # the cut transfer was resumed with a Range request
+    tree = data.resolve_tree(tmp_path)  # train.py --data-dir tmp_path finds it
+    assert tree.kind == "ade20k" and tree.check_complete() == {"train": 3, "full-val": 2}
+    assert tree.classes.names[:4] == ("wall", "building", "sky", "floor")
+    # A second run makes no request and rewrites nothing.
+    before, requests = _snapshot(tmp_path), len(file_server.requests)
+    assert dd.main(_ade_args(tmp_path, ade_archive, [file_server.url(ADE_PATH)])) == root
+    assert len(file_server.requests) == requests and _snapshot(tmp_path) == before
+    assert "nothing to download" in capsys.readouterr().out
+
+
+def test_ade20k_wrong_hash_keeps_nothing_and_official_pins_are_listed(file_server, tmp_path, ade_archive, capsys):
+    file_server.routes[ADE_PATH] = (ade_archive, "ok")
+    args = _ade_args(tmp_path, ade_archive, [file_server.url(ADE_PATH)])
+    args.ade20k_sha1 = "0" * 40
+    got = hashlib.sha1(ade_archive).hexdigest()
+    with pytest.raises(dd.DownloadError, match=rf"SHA-1 mismatch: expected 0{{40}}, got {got}"):
+        dd.main(args)
+    assert not any(tmp_path.iterdir())
+    assert dd.parse_args(["--ade20k"]).ade20k_sha1 == "219e1696abb36c8ba3a3afe7fb2f4b4606a897c7"
+    with pytest.raises(SystemExit):
+        dd.parse_args(["--help"])
+    assert "ADEChallengeData2016.zip" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "outside", "symlink"])
+def test_unsafe_ade20k_zips_are_rejected_before_writing(file_server, tmp_path, kind):
+    top = {"ADEChallengeData2016/images/training/ADE_train_00000001.jpg": b"x"}
+    files, links, why = {"dotdot": ({**top, "ADEChallengeData2016/../../evil.txt": b"x"}, (), "contains '..'"),
+                         "absolute": ({**top, "/tmp/evil.txt": b"x"}, (), "absolute"),
+                         "outside": ({**top, "elsewhere/evil.txt": b"x"}, (), "not under ADEChallengeData2016/"),
+                         "symlink": (top, ("ADEChallengeData2016/link",), "is a link")}[kind]
+    body = _zip_bytes(files, links)
+    file_server.routes[ADE_PATH] = (body, "ok")
+    with pytest.raises(dd.DownloadError, match=why):
+        dd.main(_ade_args(tmp_path / "d", body, [file_server.url(ADE_PATH)]))
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [dd.ADE20K_ARCHIVE_NAME]  # the verified archive only
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
