@@ -62,7 +62,8 @@ def data_tree(settings: dict, progress: bool = True) -> data.Tree:
     or VOC 2012 downloaded, but only into the default data folder and only if it holds no tree."""
     data_dir = Path(settings["data_dir"]).expanduser()
     if settings["dataset"] == "synthetic":
-        root = download_data.ensure_synthetic(data_dir, settings["num_train"], settings["num_val"], progress=progress)
+        root = download_data.ensure_synthetic(data_dir, settings["num_train"], settings["num_val"], progress=progress,
+                                              kind=settings["synthetic_kind"])
     elif data.find_tree(data_dir) is None and settings["data_dir"] == config.TRAIN["data_dir"].default:
         root = download_data.ensure_voc(data_dir, progress=progress)
     else:
