@@ -34,9 +34,14 @@ from kit.errors import KitError
 
 # nav2's occupancy values (nav2_util/occ_grid_values.hpp).
 FREE, OCCUPIED, UNKNOWN = 0, 100, -1
-# What nav2's map_saver writes in trinary mode, and its default thresholds (nav2_map_server map_io.cpp).
+# What nav2's map_saver writes in trinary mode (nav2_map_server map_io.cpp): cells of at most
+# 25 are free (254), of at least 65 occupied (0), the rest unknown (205). The YAML's thresholds
+# then have to put 205 between them: (255 - 205) / 255 = 0.196 is not below a free_thresh of
+# 0.196 (ROS 1's map_saver and nav2 since PR 5278), whereas nav2's older 0.25 reloads unknown
+# cells as free.
 MAP_FREE_SHADE, MAP_OCCUPIED_SHADE, MAP_UNKNOWN_SHADE = 254, 0, 205
-MAP_OCCUPIED_THRESH, MAP_FREE_THRESH = 0.65, 0.25
+MAP_OCCUPIED_THRESH, MAP_FREE_THRESH = 0.65, 0.25  # where cells are cut into free, unknown, occupied
+YAML_OCCUPIED_THRESH, YAML_FREE_THRESH = 0.65, 0.196  # what the YAML says, so the image reads back the same
 MAP_MODES = ("trinary", "raw")
 # Grids larger than this many cells a side are almost surely a unit mistake (cm for m).
 MAX_CELLS_A_SIDE = 2000
@@ -292,9 +297,10 @@ def save_map(cells: npt.ArrayLike, grid: Grid, stem: str | Path, mode: str = "tr
     with atomic.file(pgm) as tmp:
         image.save(tmp, format="PPM")  # a mode "L" image is written as binary PGM (P5)
     x, y, yaw = grid.origin
+    # Raw mode ignores the thresholds; they are written anyway, since map_server requires both keys.
     atomic.write_text(yaml, f"image: {pgm.name}\nmode: {mode}\nresolution: {grid.cell:g}\n"
-                            f"origin: [{x:g}, {y:g}, {yaw:g}]\nnegate: 0\noccupied_thresh: {MAP_OCCUPIED_THRESH}\n"
-                            f"free_thresh: {MAP_FREE_THRESH}\n")
+                            f"origin: [{x:g}, {y:g}, {yaw:g}]\nnegate: 0\noccupied_thresh: {YAML_OCCUPIED_THRESH}\n"
+                            f"free_thresh: {YAML_FREE_THRESH}\n")
     return pgm, yaml
 
 
