@@ -362,7 +362,8 @@ def arc_points(curvature: float, length: float, step: float) -> np.ndarray:
 class ArcPlanner:
     """Scores a fan of constant-curvature arcs of the vehicle's width over a cost Grid.
 
-    Each arc starts at the base, heading forward, and runs `lookahead` m; its swept band is
+    Each arc starts at the base, heading forward, and runs `lookahead` m or a quarter turn,
+    whichever is shorter (a sharper arc would curl back over ground behind the camera); its swept band is
     every cell whose centre lies within half the vehicle's width plus the profile's clearance
     of the arc. An arc is blocked if any cell of its band costs more than the profile's
     max_cost (unknown cells count as its unknown_cost). Of the free arcs the planner takes
@@ -389,8 +390,10 @@ class ArcPlanner:
         cx, cy = grid.centres()
         centres = np.stack([cx.ravel(), cy.ravel()], axis=1)  # (cells, 2)
         bands = []
-        for k in self.curvatures:
-            points = arc_points(k, lookahead, grid.cell / 2.0)  # (N, 2)
+        # A quarter turn at most, each.
+        self.lengths = np.minimum(lookahead, (math.pi / 2) / np.maximum(np.abs(self.curvatures), 1e-9))
+        for k, length in zip(self.curvatures, self.lengths):
+            points = arc_points(k, length, grid.cell / 2.0)  # (N, 2)
             # Cells near the arc's box only, then the exact distance to its nearest point.
             lo, hi = points.min(axis=0) - radius, points.max(axis=0) + radius
             near = np.flatnonzero(np.all((centres >= lo) & (centres <= hi), axis=1))
@@ -402,7 +405,7 @@ class ArcPlanner:
         self._cells = np.concatenate(bands)
         self._starts = np.cumsum([0] + [b.size for b in bands[:-1]])
         self._counts = np.array([b.size for b in bands], np.float64)
-        ends = np.array([arc_points(k, lookahead, lookahead)[-1] for k in self.curvatures])
+        ends = np.array([arc_points(k, n, n)[-1] for k, n in zip(self.curvatures, self.lengths)])
         self.headings = np.degrees(np.arctan2(ends[:, 1], ends[:, 0]))  # chord direction, + left
 
     def plan(self, cells: npt.ArrayLike, prefer: float = 0.0) -> dict:

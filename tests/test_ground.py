@@ -204,7 +204,7 @@ def test_obstacle_left_of_centre_turns_right_and_keeps_the_width_clear(profile):
     assert result["curvature"] < 0 and result["heading_deg"] < 0  # to the right
     assert result["arc_costs"][len(planner.curvatures) // 2] == 1.0  # straight on is blocked
     # The chosen arc keeps half the vehicle's width (and the profile's clearance) off the obstacle.
-    points = ground.arc_points(result["curvature"], planner.lookahead, 0.01)
+    points = ground.arc_points(result["curvature"], planner.lengths[result["arc"]], 0.01)
     dx = np.maximum(np.maximum(box[0] - points[:, 0], points[:, 0] - box[1]), 0)
     dy = np.maximum(np.maximum(box[2] - points[:, 1], points[:, 1] - box[3]), 0)
     assert np.hypot(dx, dy).min() >= 0.2 + planner.profile.clearance - grid.cell
