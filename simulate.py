@@ -28,13 +28,6 @@ from kit import simulation
 from kit import voc
 
 
-def _size(text: str) -> float:
-    try:
-        return ground.parse_size(text)
-    except ground.GroundError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a .keras / .tflite / SavedModel trained on VOC's classes (e.g. train.py --demo "
@@ -49,15 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=cli.whole_number(1), default=250, help="planning steps per episode (default 250)")
     p.add_argument("--step", type=float, default=0.1, help="metres driven per planning step (default 0.1)")
     p.add_argument("--vehicle-width", type=float, default=0.4, help="metres (default 0.4)")
-    p.add_argument("--camera-height", type=float, default=scene.CAMERA.height, metavar="M",
-                   help=f"camera height above the ground (default {scene.CAMERA.height})")
-    p.add_argument("--camera-pitch", type=float, default=scene.CAMERA.pitch, metavar="DEG",
-                   help=f"degrees below the horizon (default {scene.CAMERA.pitch})")
-    p.add_argument("--hfov", type=float, default=scene.CAMERA.hfov, metavar="DEG",
-                   help=f"horizontal field of view (default {scene.CAMERA.hfov})")
-    p.add_argument("--grid-size", type=_size, default=(4.0, 4.0), metavar="LxW",
-                   help="ground grid, metres forward x across (default 4x4)")
-    p.add_argument("--cell", type=float, default=0.05, metavar="M", help="grid cell size (default 0.05)")
+    ground.add_arguments(p, scene.CAMERA)
     p.add_argument("--out", help="folder for simulation.json (settings, per-profile summary, every episode)")
     cli.add_debug_flag(p)
     return p.parse_args(argv)
@@ -85,15 +70,14 @@ def model_segmenter(path: str) -> simulation.Segmenter:
 
 
 def main(args) -> dict:
-    camera = ground.Camera(height=args.camera_height, pitch=args.camera_pitch, hfov=args.hfov)
-    grid = ground.Grid(length=args.grid_size[0], width=args.grid_size[1], cell=args.cell)
+    camera, grid = ground.from_arguments(args)
     settings = simulation.Settings(episodes=args.episodes, seed=args.seed, size=(args.frame_size, args.frame_size),
                                    camera=camera, grid=grid, vehicle_width=args.vehicle_width, step=args.step,
                                    course=args.course, max_steps=args.max_steps)
     segment = model_segmenter(args.model) if args.model else simulation.ground_truth
     source = args.model or "exact masks"
     print(f"simulating {args.episodes} episode(s) per profile on {source}: {args.course:g} m course, "
-          f"{args.frame_size} px frames, camera {camera.height:g} m / {camera.pitch:g} deg / {camera.hfov:g} deg, "
+          f"{args.frame_size} px frames, camera {camera.height:g} m up, {camera.pitch:g} deg down, "
           f"{grid.length:g}x{grid.width:g} m grid of {grid.cell:g} m")
     report = {"segmenter": source, "settings": {**{k: v for k, v in vars(args).items() if k not in ("debug",)}},
               "profiles": {}}

@@ -20,9 +20,12 @@ a row, as nav_msgs/OccupancyGrid lays out its data. Curvatures are positive to t
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import operator
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kit import atomic
+from kit import navigation
 from kit.errors import KitError
 
 # nav2's occupancy values (nav2_util/occ_grid_values.hpp).
@@ -120,6 +124,55 @@ class Camera:
         with np.errstate(divide="ignore", invalid="ignore"):
             depth = np.where(depth > 1e-9, depth, np.nan)
             return cx + fx * right / depth, cy + fy * down / depth
+
+
+def load_calibration(path: str | Path) -> tuple[tuple[float, float, float, float], tuple[int, int]]:
+    """((fx, fy, cx, cy), (width, height)) from a camera calibration file.
+
+    Reads the YAML that ROS's camera_calibration writes (ost.yaml: image_width, image_height,
+    camera_matrix: {rows, cols, data: [9 values]}), or a JSON object with the same keys
+    (camera_matrix as {"data": [...]} or a flat list "K", as sensor_msgs/CameraInfo names it).
+    Distortion is not undone: a warning says so when its coefficients are not all zero.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise GroundError(f"cannot read calibration {path}: {err.strerror or err}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            info = json.loads(text)
+            matrix = info["camera_matrix"]["data"] if "camera_matrix" in info else info["K"]
+            size = (info["image_width"], info["image_height"])
+            distortion = (info["distortion_coefficients"]["data"] if "distortion_coefficients" in info
+                          else info.get("D", []))
+        except (ValueError, KeyError, TypeError) as err:
+            raise GroundError(f"calibration {path} is not a camera_info JSON object (image_width, image_height, "
+                              f"camera_matrix.data or K): {err}") from None
+    else:
+        def field(name):
+            found = re.search(rf"^{name}:\s*(\d+)\s*$", text, re.MULTILINE)
+            return int(found.group(1)) if found else None
+
+        def block(name):  # the `data: [...]` list of a `name:` mapping, spread over lines or not
+            found = re.search(rf"^{name}:\s*\n(?:[ \t]+\w+:.*\n)*?[ \t]+data:\s*\[([^\]]*)\]", text, re.MULTILINE)
+            return [float(v) for v in found.group(1).replace("\n", " ").split(",") if v.strip()] if found else None
+
+        try:
+            matrix, size, distortion = block("camera_matrix"), (field("image_width"), field("image_height")), \
+                block("distortion_coefficients") or []
+        except ValueError as err:
+            raise GroundError(f"calibration {path}: a matrix holds something that is not a number ({err})") from None
+        if matrix is None or None in size:
+            raise GroundError(f"calibration {path} is not ROS camera_calibration's YAML: it needs image_width, "
+                              f"image_height and camera_matrix with data: [9 numbers]")
+    matrix = [float(v) for v in matrix]
+    if len(matrix) != 9:
+        raise GroundError(f"calibration {path}: camera_matrix has {len(matrix)} values, expected 9 (3x3)")
+    if any(float(v) != 0.0 for v in distortion):
+        warnings.warn(f"calibration {path} has lens distortion {list(distortion)}, which the ground grid does not "
+                      f"undo: feed rectified frames, or expect the grid's edges to bend", RuntimeWarning, stacklevel=2)
+    return (matrix[0], matrix[4], matrix[2], matrix[5]), (int(size[0]), int(size[1]))
 
 
 def parse_size(text: str) -> tuple[float, float]:
@@ -446,3 +499,76 @@ def plan_record(result: dict) -> dict:
     return {"planner": "grid", "curvature": round(result["curvature"], 4),
             "heading_deg": round(result["heading_deg"], 2), "stop": result["stop"],
             "arc_costs": [round(float(v), 4) for v in result["arc_costs"]]}
+
+
+class GroundNavigator:
+    """Probabilities to a steering arc: navigation.cost_map (with the profile's class costs,
+    uncertainty and image-space margin), then the ground grid, then the ArcPlanner (with the
+    profile's metric clearance). One Projector per frame size, made when first needed."""
+
+    def __init__(self, camera: Camera, grid: Grid, profile: str, class_costs: npt.ArrayLike,
+                 vehicle_width: float = 0.4):
+        self.camera, self.grid, self.profile = camera, grid, profile
+        self.class_costs = np.asarray(class_costs, np.float32)
+        self.planner = ArcPlanner(grid, profile, vehicle_width=vehicle_width)
+        self._projectors: dict[tuple[int, int], Projector] = {}
+
+    def projector(self, width: int, height: int) -> Projector:
+        """The Projector for `width` x `height` frames (GroundError if the camera cannot see the grid)."""
+        if (width, height) not in self._projectors:
+            self._projectors[(width, height)] = Projector(self.camera, self.grid, (width, height))
+        return self._projectors[(width, height)]
+
+    def navigate(self, probs: npt.ArrayLike, prefer: float = 0.0) -> dict:
+        """(H, W, C) probabilities -> ArcPlanner.plan's dict plus "cost_map" (H, W) and "cells" (rows, cols)."""
+        cost = navigation.cost_map(probs, self.profile, self.class_costs)
+        cells = self.projector(cost.shape[1], cost.shape[0]).project(cost)
+        return {**self.planner.plan(cells, prefer=prefer), "cost_map": cost, "cells": cells}
+
+    def record(self, result: dict) -> dict:
+        """The JSON-lines fields: plan_record's, and "grid", the OccupancyGrid (grid_record)."""
+        return {**plan_record(result), "grid": grid_record(result["cells"], self.grid)}
+
+
+def add_arguments(parser: argparse.ArgumentParser, camera: Camera | None = None) -> None:
+    """The camera and grid flags, for predict.py and simulate.py; `camera` gives their defaults
+    (simulate.py's simulated camera), None makes the camera the user's to give (predict.py)."""
+    def default(name):
+        value = None if camera is None else getattr(camera, name)
+        return value, ("" if value is None else f" (default {value:g})")
+
+    (height, says_height), (pitch, says_pitch), (hfov, says_hfov) = map(default, ("height", "pitch", "hfov"))
+    parser.add_argument("--camera-height", type=float, metavar="M", default=height,
+                        help="camera height above the ground in metres" + says_height)
+    parser.add_argument("--camera-pitch", type=float, metavar="DEG", default=pitch,
+                        help="degrees the camera looks below the horizon" + says_pitch)
+    lens = parser.add_mutually_exclusive_group()
+    lens.add_argument("--hfov", type=float, metavar="DEG", default=hfov, help="horizontal field of view" + says_hfov)
+    lens.add_argument("--calibration", metavar="FILE", help="intrinsics instead of --hfov: ROS camera_calibration's "
+                      "YAML (ost.yaml) or the same keys as JSON")
+    parser.add_argument("--grid-size", type=_size_argument, default=(4.0, 4.0), metavar="LxW",
+                        help="ground grid in metres, forward x across (default 4x4)")
+    parser.add_argument("--cell", type=float, default=0.05, metavar="M", help="grid cell size in metres (default 0.05)")
+
+
+def _size_argument(text: str) -> tuple[float, float]:
+    try:
+        return parse_size(text)
+    except GroundError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def from_arguments(args) -> tuple[Camera, Grid]:
+    """The Camera and Grid that add_arguments' flags describe; GroundError naming what is missing or wrong."""
+    missing = [flag for flag, value in (("--camera-height", args.camera_height), ("--camera-pitch", args.camera_pitch))
+               if value is None]
+    if args.hfov is None and args.calibration is None:
+        missing.append("--hfov or --calibration")
+    if missing:
+        raise GroundError(f"the ground grid needs the camera: give {', '.join(missing)} (measured on the vehicle)")
+    if args.calibration:
+        intrinsics, size = load_calibration(args.calibration)
+        camera = Camera(height=args.camera_height, pitch=args.camera_pitch, intrinsics=intrinsics, calibrated_size=size)
+    else:
+        camera = Camera(height=args.camera_height, pitch=args.camera_pitch, hfov=args.hfov)
+    return camera, Grid(length=args.grid_size[0], width=args.grid_size[1], cell=args.cell)

@@ -73,8 +73,7 @@ def _course_pull(y: float, yaw: float, max_curvature: float) -> float:
     return float(np.clip(-1.5 * math.atan2(math.sin(yaw), math.cos(yaw)) - 0.4 * y, -max_curvature, max_curvature))
 
 
-def run_episode(settings: Settings, index: int, profile: str, segment: Segmenter,
-                projector: ground.Projector, planner: ground.ArcPlanner, costs: np.ndarray) -> dict:
+def run_episode(settings: Settings, index: int, segment: Segmenter, navigator: ground.GroundNavigator) -> dict:
     """Drive episode `index` with `profile`; returns its record (see run)."""
     rng = np.random.default_rng([settings.seed, index])
     world = scene.random_world(rng, length=settings.course + settings.grid.length,
@@ -91,8 +90,8 @@ def run_episode(settings: Settings, index: int, profile: str, segment: Segmenter
         image, mask = scene.render(world, (x, y, yaw), settings.camera, settings.size, frame_rng,
                                    synthetic.driving_colour, synthetic.driving_texture, max_range=reach,
                                    with_image=getattr(segment, "needs_image", True))
-        cost = navigation.cost_map(segment(image, mask), profile, costs)
-        result = planner.plan(projector.project(cost), prefer=_course_pull(y, yaw, planner.max_curvature))
+        result = navigator.navigate(segment(image, mask),
+                                    prefer=_course_pull(y, yaw, navigator.planner.max_curvature))
         if result["stop"]:
             outcome = "stop"
             break
@@ -127,15 +126,14 @@ def run(settings: Settings, profile: str, segment: Segmenter,
     collision or timeout), "progress" (m forward, at most course), "driven" (m of path),
     "steps", "min_clearance" (m between the body and the nearest obstacle, <= 0 on a
     collision)}."""
-    ground.grid_profile(profile)  # an unknown profile fails here, naming it
     costs = (navigation.class_costs_for(voc.CLASS_NAMES) if settings.class_costs is None
              else np.asarray(settings.class_costs, np.float32))
-    projector = ground.Projector(settings.camera, settings.grid, settings.size)
-    planner = ground.ArcPlanner(settings.grid, profile, vehicle_width=settings.vehicle_width)
+    navigator = ground.GroundNavigator(settings.camera, settings.grid, profile, costs, settings.vehicle_width)
+    navigator.projector(*settings.size)  # a camera that cannot see the grid fails before the first episode
     results = []
     for i in range(settings.episodes):
         start = time.perf_counter()
-        record = run_episode(settings, i, profile, segment, projector, planner, costs)
+        record = run_episode(settings, i, segment, navigator)
         record["seconds"] = round(time.perf_counter() - start, 3)
         results.append(record)
         if progress is not None:

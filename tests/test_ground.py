@@ -268,3 +268,57 @@ def test_ground_imports_no_heavy_frameworks():
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(ground.__file__).parents[1],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# What ROS's camera_calibration writes (ost.yaml), here for a 640 x 480 camera.
+OST_YAML = """image_width: 640
+image_height: 480
+camera_name: narrow_stereo
+camera_matrix:
+  rows: 3
+  cols: 3
+  data: [320.0, 0.0, 319.5,
+         0.0, 320.0, 239.5,
+         0.0, 0.0, 1.0]
+distortion_model: plumb_bob
+distortion_coefficients:
+  rows: 1
+  cols: 5
+  data: [0.0, 0.0, 0.0, 0.0, 0.0]
+rectification_matrix:
+  rows: 3
+  cols: 3
+  data: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+projection_matrix:
+  rows: 3
+  cols: 4
+  data: [320.0, 0.0, 319.5, 0.0, 0.0, 320.0, 239.5, 0.0, 0.0, 0.0, 1.0, 0.0]
+"""
+
+
+def test_ros_calibration_yaml_gives_the_intrinsics(tmp_path):
+    path = tmp_path / "ost.yaml"
+    path.write_text(OST_YAML)
+    intrinsics, size = ground.load_calibration(path)
+    assert intrinsics == (320.0, 320.0, 319.5, 239.5) and size == (640, 480)
+    # fx = 320 at 640 px is a 90 degree lens: the same ground points as --hfov 90.
+    calibrated = ground.Camera(height=1.0, pitch=30.0, intrinsics=intrinsics, calibrated_size=size)
+    by_fov = ground.Camera(height=1.0, pitch=30.0, hfov=90.0)
+    for w, h in ((640, 480), (320, 240)):
+        assert calibrated.matrix(w, h) == pytest.approx(by_fov.matrix(w, h))
+
+
+def test_json_calibration_and_distortion_warning(tmp_path):
+    path = tmp_path / "camera.json"
+    path.write_text('{"image_width": 640, "image_height": 480, "K": [320, 0, 319.5, 0, 320, 239.5, 0, 0, 1], '
+                    '"D": [0.1, 0, 0, 0, 0]}')
+    with pytest.warns(RuntimeWarning, match="distortion"):
+        assert ground.load_calibration(path) == ((320.0, 320.0, 319.5, 239.5), (640, 480))
+
+
+@pytest.mark.parametrize("text", ["image_width: 640\nimage_height: 480\n", "camera_matrix:\n  data: [1, 2]\n"])
+def test_calibration_without_a_camera_matrix_is_refused(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ground.GroundError, match="bad.yaml"):
+        ground.load_calibration(path)
