@@ -143,3 +143,15 @@ def test_unknown_profile_is_refused(capsys):
 def test_voc_is_the_simulations_class_table():
     probs = simulation.ground_truth(None, np.array([[0, voc.CLASS_NAMES.index("person")]], np.uint8))
     assert probs.shape == (1, 2, voc.NUM_CLASSES) and probs[0, 1, voc.CLASS_NAMES.index("person")] == 1.0
+
+
+def test_train_demo_takes_the_driving_kind(tmp_path):
+    import train  # TensorFlow comes with it: only this test pays for it
+
+    args = train.parse_args(["--demo", "--synthetic-kind", "driving", "--num-train", "2", "--num-val", "2",
+                             "--data-dir", str(tmp_path)])
+    settings = train.resolve_config(args)
+    assert settings["dataset"] == "synthetic" and settings["synthetic_kind"] == "driving"
+    tree = train.data_tree(settings, progress=False)
+    assert tree.root == download_data.synthetic_root(tmp_path, "driving")
+    assert train.resolve_config(train.parse_args(["--demo"]))["synthetic_kind"] == "objects"  # the default stays
