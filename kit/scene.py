@@ -5,8 +5,8 @@ The "driving scene" of the synthetic data (kit/synthetic.py) and the closed-loop
 in the other through the same camera:
 
     world = scene.random_world(rng)
-    image, mask = scene.render(world, pose=(0.0, 0.0, 0.0), camera=scene.CAMERA, size=(128, 128),
-                               rng=rng, colours=...)
+    image, mask = scene.render(world, (0.0, 0.0, 0.0), scene.CAMERA, (128, 128), rng,
+                               synthetic.driving_colour, synthetic.driving_texture)  # pose (x, y, yaw)
 
 Obstacles stand on the floor as vertical prisms: boxes (rotated rectangles), cylinders and
 people-like posts (thin tall cylinders). `render` casts one ray per pixel centre and keeps the
