@@ -674,9 +674,11 @@ def ensure_ade20k(data_dir: str | Path = "data", urls: tuple[str, ...] = ADE20K_
 
 # --- synthetic ----------------------------------------------------------------------------------
 
-def synthetic_root(data_dir: str | Path) -> Path:
-    """Where `--synthetic` writes its VOC2012 folder."""
-    return Path(data_dir) / SYNTHETIC_DIRNAME / ARCHIVE_TREE
+def synthetic_root(data_dir: str | Path, kind: str = "objects") -> Path:
+    """Where `--synthetic` writes its VOC2012 folder: synthetic/ for the objects kind,
+    synthetic-KIND/ for another, so switching kinds never regenerates the other's tree."""
+    name = SYNTHETIC_DIRNAME if kind == "objects" else f"{SYNTHETIC_DIRNAME}-{kind}"
+    return Path(data_dir) / name / ARCHIVE_TREE
 
 
 def _check_ours(base: Path, recipe: Path) -> None:
@@ -699,11 +701,17 @@ def _check_ours(base: Path, recipe: Path) -> None:
 
 
 def ensure_synthetic(data_dir: str | Path = "data", num_train: int = 200, num_val: int = 100,
-                     seed: int = 0, progress: bool = True, **kwargs) -> Path:
-    """Generate the synthetic tree if it is not complete already (same recipe); return its VOC2012 folder."""
-    root = synthetic_root(data_dir)
+                     seed: int = 0, progress: bool = True, kind: str = "objects", **kwargs) -> Path:
+    """Generate the synthetic tree of `kind` (synthetic.KINDS) if it is not complete already
+    (same recipe); return its VOC2012 folder."""
+    if kind not in synthetic.KINDS:
+        raise data.DataError(f"unknown synthetic kind {kind!r}; kinds are {list(synthetic.KINDS)}")
+    root = synthetic_root(data_dir, kind)
     base = root.parent.parent  # .../synthetic
+    # The kind is recorded only when it is not the default, so trees written before kinds
+    # existed still match their recipe and are not generated again.
     params = {"num_train": num_train, "num_val": num_val, "seed": seed,
+              **({"kind": kind} if kind != "objects" else {}),
               **{k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
     recipe = base / "synthetic.json"
     want = {"train": num_train, "full-val": num_val}
@@ -718,10 +726,11 @@ def ensure_synthetic(data_dir: str | Path = "data", num_train: int = 200, num_va
     # Build beside the destination and swap it in, so an interrupted run leaves nothing that looks complete.
     atomic.clean_leftovers(base.parent)
     with atomic.folder(base, replace=True) as tmp:  # replaces only our own tree (checked above)
-        synthetic.generate_voc_tree(tmp / ARCHIVE_TREE, num_train, num_val, seed, progress=progress, **kwargs)
+        synthetic.generate_voc_tree(tmp / ARCHIVE_TREE, num_train, num_val, seed, progress=progress, kind=kind,
+                                    **kwargs)
         (tmp / recipe.name).write_text(json.dumps(params, indent=2))
     data.Tree(root, data.ClassTable.voc()).check_complete()
-    print(f"synthetic VOC written to {root} ({num_train} train, {num_val} val)")
+    print(f"synthetic VOC ({kind}) written to {root} ({num_train} train, {num_val} val)")
     return root
 
 
@@ -772,6 +781,9 @@ def parse_args(argv=None):
     p.add_argument("--num-val", type=cli.whole_number(2), default=100,
                    help="synthetic: validation images (split into val and test)")
     p.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
+    p.add_argument("--synthetic-kind", choices=synthetic.KINDS, default="objects",
+                   help="synthetic: objects (shapes on a textured background) or driving (a floor with "
+                        "obstacles seen from the simulated vehicle's camera; see simulate.py)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli.add_debug_flag(p)
     args = p.parse_args(argv)
@@ -783,7 +795,8 @@ def parse_args(argv=None):
 def main(args) -> Path:
     progress = not args.no_progress
     if args.synthetic:
-        return ensure_synthetic(args.data_dir, args.num_train, args.num_val, args.seed, progress=progress)
+        return ensure_synthetic(args.data_dir, args.num_train, args.num_val, args.seed, progress=progress,
+                                kind=args.synthetic_kind)
     download_kwargs = {"retries": args.retries, "timeout": args.timeout, "backoff": args.backoff,
              "min_speed": args.min_speed, "stall_window": args.stall_window}
     if args.ade20k:

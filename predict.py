@@ -21,6 +21,13 @@ input's frame rate; `cameraN_overlay.mp4` for a camera) and `NAME.jsonl`, one JS
 frame: frame, time_ms, predicted, class_fractions and, with --navigation, heading, stop and
 sector_costs. --every N runs the model on every Nth frame only, --smooth A averages the class
 probabilities over time. See kit/video.py.
+
+--planner grid plans on the ground instead of image strips (kit/ground.py): the cost map is
+mapped through the camera (--camera-height, --camera-pitch, and --hfov or --calibration) onto
+a bird's-eye grid (--grid-size, --cell), a fan of arcs of the vehicle's width is scored over
+it, and each JSON line carries the curvature, heading_deg, stop and the grid as nav2
+OccupancyGrid values (0..100, -1 unknown). --save-grid also writes map_server's PGM + YAML
+pair: NAME_grid.pgm/.yaml per image, NAME_grids/frame_N.pgm/.yaml per predicted video frame.
 """
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ from kit import atomic  # noqa: E402
 from kit import cli  # noqa: E402
 from kit import config  # noqa: E402
 from kit import figures  # noqa: E402
+from kit import ground  # noqa: E402
 from kit import navigation  # noqa: E402
 from kit import inference  # noqa: E402
 from kit import video  # noqa: E402
@@ -92,6 +100,12 @@ def parse_args(argv=None):
     p.add_argument("--class-costs", type=_class_costs, default={}, metavar="NAME=COST,...",
                    help="with --navigation: override the cost in [0, 1] of classes by name, e.g. "
                         "road=0,curb=0.8 (default: kit/navigation.py's table; unknown names cost 0.7)")
+    p.add_argument("--planner", choices=("strips", "grid"), default="strips", help="with --navigation: strips "
+                   "(the cheapest vertical strip of the image) or grid (arcs over the ground grid; needs the camera "
+                   "flags) (default strips)")
+    ground.add_arguments(p)
+    p.add_argument("--save-grid", action="store_true", help="with --planner grid: also write map_server's PGM + YAML "
+                   "pair of each grid")
     p.add_argument("--every", type=cli.whole_number(1), default=1, metavar="N", help="video: run the model on every Nth "
                    "frame, reusing its prediction on the frames between (default 1: every frame)")
     p.add_argument("--smooth", type=_smooth_factor, default=0.0, metavar="A", help="video: average class "
@@ -108,6 +122,10 @@ def parse_args(argv=None):
     if len(kinds) != 1:
         p.error(f"give exactly one source: image files or folders, --video FILE or --camera INDEX "
                 f"(got {' and '.join(kinds) if kinds else 'none'})")
+    if args.planner == "grid" and not args.navigation:
+        p.error("--planner grid plans a heading: give --navigation safe or --navigation adventurous too")
+    if args.save_grid and args.planner != "grid":
+        p.error("--save-grid writes the ground grid: give --planner grid too")
     return args
 
 
@@ -218,6 +236,15 @@ def predict_files(predictor: inference.Predictor, files: list[Path], out: Path, 
         if nav is None:
             mask = predictor.masks(image[None])[0]  # (H, W) at the image's own size
             picture = overlay(image, mask, classes, alpha)
+        elif nav.ground is not None:  # the grid planner
+            probs = predictor.probabilities(image[None])[0].numpy()  # (H, W, C)
+            mask = probs.argmax(axis=-1).astype(np.uint8)
+            result = nav.navigate(probs)
+            picture = video.draw_ground_navigation(overlay(image, mask, classes, alpha), result, nav.ground)
+            figures.ground_figure(image, mask, result, nav.ground, out / f"{name}_navigation.png", classes)
+            if nav.save_grid:
+                ground.save_map(result["cells"], nav.ground.grid, out / f"{name}_grid")
+            headings.append({"image": str(path), **nav.record(result)})
         else:
             # (h, w, C), scaled down where --mode / --max-pixels would not run the image whole
             probs = predictor.planning_probabilities(image[None])
@@ -259,7 +286,11 @@ def main(args) -> list[Path]:
             costs = navigation.class_costs_for(classes.names, args.class_costs)
         except ValueError as err:
             raise config.ConfigError(f"--class-costs: {err}") from None
-        nav = video.NavigationSpec(args.navigation, costs)
+        navigator = None
+        if args.planner == "grid":
+            camera, grid = ground.from_arguments(args)
+            navigator = ground.GroundNavigator(camera, grid, args.navigation, costs)
+        nav = video.NavigationSpec(args.navigation, costs, ground=navigator, save_grid=args.save_grid)
     if args.video or args.camera is not None:
         result = video.run_stream(video.frame_model(predictor, args.smooth, nav),
                                   args.video if args.video else args.camera, Path(args.out), classes, overlay,

@@ -68,7 +68,8 @@ def data_tree(settings: dict, progress: bool = True) -> data.Tree:
     holds no data set."""
     data_dir = Path(settings["data_dir"]).expanduser()
     if settings["dataset"] == "synthetic":
-        root = download_data.ensure_synthetic(data_dir, settings["num_train"], settings["num_val"], progress=progress)
+        root = download_data.ensure_synthetic(data_dir, settings["num_train"], settings["num_val"], progress=progress,
+                                              kind=settings["synthetic_kind"])
     elif (settings["format"] in ("auto", "voc") and not data.detect(data_dir)
           and settings["data_dir"] == config.TRAIN["data_dir"].default):
         root = download_data.ensure_voc(data_dir, progress=progress)

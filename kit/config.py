@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kit import data
+from kit import synthetic
 from kit.errors import KitError
 
 RUN_CONFIG = "config.json"
@@ -66,6 +67,9 @@ TRAIN: dict[str, Setting] = {
                             "(half validation, half test)", type=float, identity=True),
     "num_train": Setting(200, "synthetic data: training images", type=int, identity=True),
     "num_val": Setting(100, "synthetic data: validation images (halved into val and test)", type=int, identity=True),
+    "synthetic_kind": Setting("objects", "synthetic data: objects (shapes on a textured background) or driving "
+                              "(a floor with obstacles seen from the simulated vehicle's camera, what "
+                              "simulate.py drives in)", choices=synthetic.KINDS),  # data_root tells kinds apart
     # model
     "input_size": Setting(384, "square crop fed to the model", type=int, identity=True),
     "resize_before_crop": Setting(444, "size to enlarge to before a random crop", type=int, identity=True),

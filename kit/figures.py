@@ -138,3 +138,54 @@ def navigation_figure(examples: list[tuple[np.ndarray, np.ndarray, dict]], path:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def ground_figure(image: np.ndarray, pred: np.ndarray, result: dict, navigator, path: str | Path,
+                  classes: ClassTable | None = None) -> None:
+    """Input (with the chosen arc on the ground), prediction, cost map and the bird's-eye grid beside them.
+
+    `result` is ground.GroundNavigator.navigate's (it holds the cost map and the cells) and
+    `navigator` the GroundNavigator. The grid is drawn forward up, left on the left, in metres:
+    cell costs green (free) to red (blocked), unknown grey, every arc of the fan (blocked ones
+    dashed red), the chosen one thick blue.
+    """
+    from kit import ground  # here: ground's planner is not needed for the other figures
+
+    classes = classes or ClassTable.voc()
+    grid, planner = navigator.grid, navigator.planner
+    height, width = result["cost_map"].shape
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), gridspec_kw={"width_ratios": [1, 1, 1.2, 1.1]})
+    axes[0].imshow(np.clip(image, 0, 255).astype(np.uint8))
+    axes[1].imshow(classes.colourize(pred))
+    im = axes[2].imshow(result["cost_map"], cmap="RdYlGn_r", vmin=0, vmax=1)
+    fig.colorbar(im, ax=axes[2], fraction=0.046)
+    horizon = navigator.camera.horizon_row(width, height)
+    if 0 <= horizon < height:
+        axes[2].axhline(horizon, color="white", linestyle="--", linewidth=1)
+    cells = np.ma.masked_invalid(np.asarray(result["cells"]).T[::-1, ::-1])  # forward up, +y (left) on the left
+    cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="0.6")
+    y0, x0 = grid.origin[1], grid.origin[0]
+    rows, cols = grid.shape
+    extent = (y0 + rows * grid.cell, y0, x0, x0 + cols * grid.cell)  # left = +y, as seen from the vehicle
+    axes[3].imshow(cells, cmap=cmap, vmin=0, vmax=1, extent=extent, interpolation="nearest")
+    for i, (k, length) in enumerate(zip(planner.curvatures, planner.lengths)):
+        arc = ground.arc_points(k, length, grid.cell)
+        blocked = result["arc_costs"][i] > planner.profile.max_cost
+        axes[3].plot(arc[:, 1], arc[:, 0], color="red" if blocked else "white", linewidth=0.7,
+                     linestyle="--" if blocked else "-")
+    if not result["stop"]:
+        arc = ground.arc_points(result["curvature"], planner.lengths[result["arc"]], grid.cell)
+        axes[3].plot(arc[:, 1], arc[:, 0], color="blue", linewidth=3)
+        u, v = navigator.camera.ground_to_pixel(arc[:, 0], arc[:, 1], width, height)
+        axes[0].plot(u, v, color="white", linewidth=2)
+    axes[3].set_xlabel("y (m, left +)")
+    axes[3].set_ylabel("x (m, forward)")
+    title = "STOP: no free arc" if result["stop"] else \
+        f"curvature {result['curvature']:+.2f} /m, heading {result['heading_deg']:+.0f} deg"
+    axes[3].set_title(title, color="red" if result["stop"] else "black")
+    for ax, name in zip(axes[:3], ("input", "prediction", f"cost map ({navigator.profile})")):
+        ax.set_title(name)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -3,9 +3,14 @@
 Written by `python download_data.py --synthetic`; the tree has the layout of the real
 VOC 2012 devkit (data.IMAGES_DIR, palettized data.MASKS_DIR PNGs in VOC's colours,
 data.SPLITS_DIR with train.txt, val.txt and trainval.txt), so every script runs on it unchanged.
+
+Two kinds (KINDS): "objects" (the default) paints flat shapes of a few VOC classes over a
+textured background; "driving" renders a floor with boxes, cylinders and people-like posts
+through the simulated vehicle's camera (kit/scene.py), the scenes simulate.py drives in.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +18,15 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from kit import data
+from kit import scene
 from kit.voc import CLASS_NAMES, IGNORE_LABEL
 
 # A handful of classes a small vehicle meets; each has its own shape, colour and texture.
 DEFAULT_CLASSES: tuple[str, ...] = ("car", "person", "dog", "bicycle", "chair", "pottedplant")
 SHAPES = ("rectangle", "ellipse", "triangle", "diamond", "hexagon")
 TEXTURES = ("stripes", "checker", "dots", "solid")
+KINDS = ("objects", "driving")
+DRIVING_SIZE = 160  # square driving frames: the demo's 160 px resize is then no resize at all
 
 
 def class_appearance(class_index: int) -> dict:
@@ -118,14 +126,42 @@ def render_scene(rng: np.random.Generator, class_indices: list[int], size: tuple
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
+def driving_colour(class_index: int) -> np.ndarray:
+    """(3,) RGB base colour of a class in the driving scenes: the objects kind's colour for it."""
+    return class_appearance(class_index)["colour"]
+
+
+def driving_texture(class_index: int, h: int, w: int) -> np.ndarray:
+    """(H, W) pattern in [0, 1] of a class in the driving scenes: the objects kind's texture for it."""
+    return _texture(class_appearance(class_index)["texture"], h, w, period=10.0, phase=0.0)
+
+
+def render_driving_scene(rng: np.random.Generator, size: tuple[int, int] = (DRIVING_SIZE, DRIVING_SIZE),
+                         camera=scene.CAMERA) -> tuple[np.ndarray, np.ndarray]:
+    """One driving frame: a random world seen from a random pose in it, through `camera` with its
+    height and pitch jittered a little (a vehicle bounces). Returns (H, W, 3) uint8 image and
+    (H, W) uint8 exact mask (VOC class indices, no void band)."""
+    world = scene.random_world(rng, start_clear=0.0, density=float(rng.uniform(0.15, 0.35)))
+    pose = (float(rng.uniform(-1.0, 10.0)), float(rng.uniform(-1.5, 1.5)), float(rng.uniform(-0.6, 0.6)))
+    jittered = dataclasses.replace(camera, height=camera.height * float(rng.uniform(0.9, 1.1)),
+                                   pitch=camera.pitch + float(rng.uniform(-4.0, 4.0)))
+    return scene.render(world, pose, jittered, size, rng, driving_colour, driving_texture)
+
+
 def generate_voc_tree(voc_root: str | Path, num_train: int = 200, num_val: int = 100, seed: int = 0,
                       classes: tuple[str, ...] = DEFAULT_CLASSES, min_size: int = 200,
-                      max_size: int = 500, grayscale_every: int = 15, progress: bool = True) -> Path:
+                      max_size: int = 500, grayscale_every: int = 15, progress: bool = True,
+                      kind: str = "objects") -> Path:
     """Write a complete VOC-format tree under `voc_root` (the `VOC2012` folder); deterministic for a seed.
 
-    Every `grayscale_every`-th image is saved as a single-channel JPEG, as a few VOC images are.
+    kind "objects": shapes of `classes`, sizes from min_size to max_size, every
+    `grayscale_every`-th image saved as a single-channel JPEG, as a few VOC images are.
+    kind "driving": DRIVING_SIZE square frames of render_driving_scene (its classes are
+    scene.KIND_CLASSES; `classes`, the sizes and grayscale_every do not apply).
     Returns the root.
     """
+    if kind not in KINDS:
+        raise data.DataError(f"unknown synthetic kind {kind!r}; kinds are {list(KINDS)}")
     unknown = [c for c in classes if c not in CLASS_NAMES[1:]]
     if unknown:
         raise data.DataError(f"unknown VOC classes {unknown}; choose from {CLASS_NAMES[1:]}")
@@ -142,6 +178,11 @@ def generate_voc_tree(voc_root: str | Path, num_train: int = 200, num_val: int =
     for i, image_id in enumerate(tqdm(ids, desc="synthetic VOC", unit="img", disable=not progress)):
         # One generator per image, so an image does not depend on how many came before it.
         rng = np.random.default_rng([seed, i])
+        if kind == "driving":
+            image, label = render_driving_scene(rng)
+            Image.fromarray(image).save(jpeg_dir / f"{image_id}.jpg", quality=92)
+            classes_table.save_mask(label, seg_dir / f"{image_id}.png")
+            continue
         size = (int(rng.integers(min_size, max_size + 1)), int(rng.integers(min_size, max_size + 1)))
         image, label = render_scene(rng, class_indices, size, void_width=void_width)
         picture = Image.fromarray(image)

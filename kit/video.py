@@ -12,7 +12,10 @@ Every per-class step (argmax, smoothing) runs inside the model's graph (`frame_m
 2-core CPU the writer's NumPy work otherwise comes straight out of the model's time.
 
 Per frame, `NAME.jsonl` holds {"frame", "time_ms", "predicted", "class_fractions": {class
-name: fraction of pixels}} and, with navigation, {"heading", "stop", "sector_costs"}. With
+name: fraction of pixels}} and, with navigation, {"heading", "stop", "sector_costs"} (the
+image-strip planner) or {"planner": "grid", "curvature", "heading_deg", "stop", "arc_costs",
+"grid": the ground grid as an OccupancyGrid} (the grid planner, kit/ground.py), whose
+map_server pairs `save_grid` also writes, one per predicted frame, to NAME_grids/. With
 `every` > 1 only every Nth frame is run through the model; the others are still written to the
 video and the JSON lines, reusing the last prediction, with "predicted": false. `smooth` A
 (frame_model) averages probabilities over predicted frames (p_t = A p_{t-1} + (1 - A) p), so
@@ -38,6 +41,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from kit import ground
 from kit import navigation
 from kit.data import ClassTable
 from kit.errors import KitError
@@ -64,20 +68,26 @@ class VideoError(KitError, OSError):
 
 @dataclass(frozen=True)
 class NavigationSpec:
-    """What navigation.navigate needs besides the probabilities."""
+    """What navigation.navigate (image strips) or a ground.GroundNavigator (the grid) needs
+    besides the probabilities."""
 
     profile: str
     class_costs: np.ndarray  # (C,) from navigation.class_costs_for(class names)
     sectors: int = 5
     stop_threshold: float = 0.5
+    ground: ground.GroundNavigator | None = None  # plan on the ground grid instead of image strips
+    save_grid: bool = False  # with `ground`: write each planned frame's map_server pair
 
     def navigate(self, probs: np.ndarray) -> dict:
-        """navigation.navigate of (H, W, C) probabilities with these settings."""
+        """navigation.navigate, or the grid planner's navigate, of (H, W, C) probabilities."""
+        if self.ground is not None:
+            return self.ground.navigate(probs)
         return navigation.navigate(probs, self.profile, self.class_costs, self.sectors, self.stop_threshold)
 
-    @staticmethod
-    def record(result: dict) -> dict:
+    def record(self, result: dict) -> dict:
         """The JSON-lines fields of a navigate() result."""
+        if self.ground is not None:
+            return self.ground.record(result)
         return {"heading": result["heading"], "stop": result["stop"],
                 "sector_costs": [round(c, 6) for c in result["sector_costs"]]}
 
@@ -169,6 +179,17 @@ def _cost_colour(cost: float) -> tuple[int, int, int]:
     return (int(255 * min(1.0, 2 * c)), int(255 * min(1.0, 2 * (1 - c))), 0)
 
 
+def _stop_sign(out: np.ndarray, top: int) -> None:
+    """STOP in red, centred above row `top`."""
+    width = out.shape[1]
+    scale = max(0.4, width / 400)
+    thickness = max(1, int(round(2 * scale)))
+    (tw, th), _ = cv2.getTextSize("STOP", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    origin = ((width - tw) // 2, max(th + 2, top))
+    cv2.putText(out, "STOP", origin, cv2.FONT_HERSHEY_SIMPLEX, scale, _WHITE, thickness + 2, cv2.LINE_AA)
+    cv2.putText(out, "STOP", origin, cv2.FONT_HERSHEY_SIMPLEX, scale, _RED, thickness, cv2.LINE_AA)
+
+
 def draw_navigation(frame: np.ndarray, result: dict) -> np.ndarray:
     """A sector bar along the bottom (each strip coloured by its cost, green to red), a triangle
     over the chosen strip, and STOP in red when every strip is too expensive. Returns a copy."""
@@ -183,12 +204,7 @@ def draw_navigation(frame: np.ndarray, result: dict) -> np.ndarray:
         cv2.rectangle(out, (int(edges[s]), top), (int(edges[s + 1]) - 1, height - 1), _BLACK, 1)
     if result["stop"]:
         cv2.rectangle(out, (0, top), (width - 1, height - 1), _RED, max(1, bar // 4))
-        scale = max(0.4, width / 400)
-        thickness = max(1, int(round(2 * scale)))
-        (tw, th), _ = cv2.getTextSize("STOP", cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        origin = ((width - tw) // 2, max(th + 2, top - bar))
-        cv2.putText(out, "STOP", origin, cv2.FONT_HERSHEY_SIMPLEX, scale, _WHITE, thickness + 2, cv2.LINE_AA)
-        cv2.putText(out, "STOP", origin, cv2.FONT_HERSHEY_SIMPLEX, scale, _RED, thickness, cv2.LINE_AA)
+        _stop_sign(out, top - bar)
     else:
         h = result["heading"]
         cv2.rectangle(out, (int(edges[h]), top), (int(edges[h + 1]) - 1, height - 1), _WHITE, max(1, bar // 5))
@@ -197,6 +213,49 @@ def draw_navigation(frame: np.ndarray, result: dict) -> np.ndarray:
         triangle = np.array([[centre, tip], [centre - size, top - 2], [centre + size, top - 2]], np.int32)
         cv2.fillPoly(out, [triangle], _WHITE)
         cv2.polylines(out, [triangle], True, _BLACK, 1, cv2.LINE_AA)
+    return out
+
+
+def grid_picture(cells: np.ndarray) -> np.ndarray:
+    """(rows, cols) cell costs (NaN unknown) -> RGB uint8 bird's-eye view, forward up and left
+    on the left (rows of the picture run along -x, its columns along -y): green free, red
+    blocked, grey unknown."""
+    view = np.asarray(cells, np.float32).T[::-1, ::-1]  # (cols, rows): forward up, +y (left) on the left
+    c = np.clip(np.nan_to_num(view, nan=0.0), 0.0, 1.0)
+    rgb = np.stack([np.minimum(1.0, 2 * c), np.minimum(1.0, 2 * (1 - c)), np.zeros_like(c)], axis=-1)
+    rgb[np.isnan(view)] = 0.5
+    return (255 * rgb).astype(np.uint8)
+
+
+def draw_ground_navigation(frame: np.ndarray, result: dict, navigator: ground.GroundNavigator) -> np.ndarray:
+    """The grid planner's result on a frame: the chosen arc on the ground (white), and the
+    bird's-eye grid with it in the top-right corner (a third of the frame's height); STOP in
+    red when no arc is free. Returns a copy."""
+    out = np.ascontiguousarray(frame, dtype=np.uint8).copy()
+    height, width = out.shape[:2]
+    grid, planner = navigator.grid, navigator.planner
+    inset = grid_picture(result["cells"])  # (cols, rows, 3)
+    scale = max(1, height // 3) / inset.shape[0]
+    size = (max(1, int(round(inset.shape[1] * scale))), max(1, int(round(inset.shape[0] * scale))))
+    inset = cv2.resize(inset, size, interpolation=cv2.INTER_NEAREST)
+    if not result["stop"]:
+        arc = ground.arc_points(result["curvature"], planner.lengths[result["arc"]], grid.cell)  # (N, 2) x, y
+        u, v = navigator.camera.ground_to_pixel(arc[:, 0], arc[:, 1], width, height)
+        seen = np.isfinite(u) & np.isfinite(v)
+        if seen.sum() >= 2:
+            cv2.polylines(out, [np.stack([u[seen], v[seen]], 1).astype(np.int32)], False, _WHITE,
+                          max(2, width // 160), cv2.LINE_AA)
+        # In the inset: column = (y_max - y) / cell, row = (x_max - x) / cell, scaled.
+        rows, cols = grid.shape
+        ix = (rows * grid.cell - (arc[:, 1] - grid.origin[1])) / grid.cell * scale
+        iy = (cols * grid.cell - (arc[:, 0] - grid.origin[0])) / grid.cell * scale
+        cv2.polylines(inset, [np.stack([ix, iy], 1).astype(np.int32)], False, _WHITE, 1, cv2.LINE_AA)
+    h, w = inset.shape[:2]
+    if h <= height and w <= width:
+        out[:h, width - w:] = inset
+        cv2.rectangle(out, (width - w, 0), (width - 1, h - 1), _BLACK, 1)
+    if result["stop"]:
+        _stop_sign(out, height - max(4, height // 14))
     return out
 
 
@@ -232,11 +291,13 @@ class _Annotator:
     """
 
     def __init__(self, classes: ClassTable, alpha: float, nav: NavigationSpec | None,
-                 overlay: Callable[[np.ndarray, np.ndarray, ClassTable, float], np.ndarray]):
+                 overlay: Callable[[np.ndarray, np.ndarray, ClassTable, float], np.ndarray],
+                 grid_dir: Path | None = None):
         self.classes, self.alpha, self.nav, self.overlay = classes, alpha, nav, overlay
-        self.mask, self.record = None, {}
+        self.grid_dir = grid_dir  # map_server pairs of each planned frame go here (grid planner)
+        self.mask, self.record, self.result = None, {}, None
 
-    def __call__(self, frame: np.ndarray, prediction: tuple | None) -> tuple[np.ndarray, dict]:
+    def __call__(self, frame: np.ndarray, prediction: tuple | None, index: int = 0) -> tuple[np.ndarray, dict]:
         if prediction is not None:
             mask, probs = prediction
             self.mask = np.asarray(mask, dtype=np.uint8)  # (H, W)
@@ -244,9 +305,14 @@ class _Annotator:
             if self.nav is not None:
                 if probs is None:
                     raise ValueError("navigation needs (H, W, C) probabilities from the model: use frame_model(..., nav)")
-                self.record.update(self.nav.record(self.nav.navigate(probs)))
+                self.result = self.nav.navigate(probs)
+                self.record.update(self.nav.record(self.result))
+                if self.grid_dir is not None:
+                    ground.save_map(self.result["cells"], self.nav.ground.grid, self.grid_dir / f"frame_{index:06d}")
         annotated = self.overlay(frame, self.mask, self.classes, self.alpha)
-        if self.nav is not None:
+        if self.nav is not None and self.nav.ground is not None:
+            annotated = draw_ground_navigation(annotated, self.result, self.nav.ground)
+        elif self.nav is not None:
             annotated = draw_navigation(annotated, self.record)
         return annotated, self.record
 
@@ -299,7 +365,10 @@ def run_stream(predict: Callable[[np.ndarray], tuple], source: str | Path | int,
         finally:
             _put(frames_in, _END, stop_reading)
 
-    annotate = _Annotator(classes, alpha, nav, overlay)
+    grid_dir = out / f"{name}_grids" if nav is not None and nav.ground is not None and nav.save_grid else None
+    if grid_dir is not None:
+        grid_dir.mkdir(exist_ok=True)
+    annotate = _Annotator(classes, alpha, nav, overlay, grid_dir)
     written = {"frames": 0}
 
     def write():
@@ -316,7 +385,7 @@ def run_stream(predict: Callable[[np.ndarray], tuple], source: str | Path | int,
                     if item is _END:
                         return
                     index, t_ms, rgb, prediction = item
-                    annotated, record = annotate(rgb, prediction)
+                    annotated, record = annotate(rgb, prediction, index)
                     if writer is None:
                         height, width = annotated.shape[:2]
                         writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*FOURCC), fps,
