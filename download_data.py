@@ -387,6 +387,15 @@ def check_members(members: list[tarfile.TarInfo], archive: Path) -> None:
             raise DownloadError(f"{archive}: member {m.name!r} contains '..'")
 
 
+def _prepare_destination(archive: Path, dest: Path) -> None:
+    """An extraction goes to a new folder: refuse an existing `dest` (an earlier tree is never
+    replaced) and remove what a killed extraction left beside it."""
+    if dest.exists():
+        raise DownloadError(f"{dest} already exists; move it away to extract {archive.name} again")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic.clean_leftovers(dest.parent)
+
+
 def safe_extract(archive: Path, dest: Path, select: Callable[[PurePosixPath], bool] | None = None,
                  progress: bool = True) -> Path:
     """Extract a tar archive (any compression) into a new folder `dest`, atomically.
@@ -397,10 +406,7 @@ def safe_extract(archive: Path, dest: Path, select: Callable[[PurePosixPath], bo
     exist: an earlier tree is never replaced.
     """
     archive, dest = Path(archive), Path(dest)
-    if dest.exists():
-        raise DownloadError(f"{dest} already exists; move it away to extract {archive.name} again")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic.clean_leftovers(dest.parent)
+    _prepare_destination(archive, dest)
     try:
         with tarfile.open(archive) as tar:
             members = [m for m in tar.getmembers() if select is None or select(PurePosixPath(m.name))]
@@ -435,10 +441,7 @@ def safe_extract_zip(archive: Path, dest: Path, top: str, progress: bool = True)
     temporary sibling folder renamed to `dest` when complete, as safe_extract does.
     """
     archive, dest = Path(archive), Path(dest)
-    if dest.exists():
-        raise DownloadError(f"{dest} already exists; move it away to extract {archive.name} again")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic.clean_leftovers(dest.parent)
+    _prepare_destination(archive, dest)
     try:
         with zipfile.ZipFile(archive) as zf:
             members = [m for m in zf.infolist() if PurePosixPath(m.filename).parts[:1] != (ZIP_METADATA,)]
