@@ -112,7 +112,7 @@ def main(args) -> dict:
     atomic.write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
     table = cm.table(classes.names)
     atomic.write_text(out / "per_class_iou.md", table)
-    figures.confusion_matrix_figure(cm.matrix, out / "confusion_matrix.png", classes.names)
+    figures.confusion_matrix_figure(cm.matrix, out / "confusion_matrix.png", classes)
     figures.prediction_grid(examples, out / "predictions.png", classes)
     if args.navigation != "none" and args.num_navigation > 0 and examples:
         costs = navigation.class_costs_for(classes.names)
