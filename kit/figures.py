@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.legend import Legend  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
 
 from kit import atomic  # noqa: E402
@@ -169,6 +170,36 @@ def training_curves(log_csv: str | Path, path: str | Path) -> bool:
     fig.tight_layout()
     save(fig, path)
     return True
+
+
+def run_curves(logs: dict[str, object], path: str | Path, best: dict[str, int] | None = None) -> Figure:
+    """Validation mean IoU and loss per epoch of several runs on one plot, a line per run and a
+    legend naming the runs; a star on each run's best epoch (`best`, by name). `logs` maps a run's
+    name to its log.csv as read (columns epoch, val_mean_iou, val_loss; a pandas DataFrame or a
+    dict of arrays). Returns the saved Figure."""
+    panels = (("val_mean_iou", "validation mean IoU"), ("val_loss", "validation loss"))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, len(panels))
+    colours = matplotlib.colormaps["tab10"]
+    for k, (name, log) in enumerate(logs.items()):
+        epochs = np.asarray(log["epoch"])
+        for ax, (key, _) in zip(axes, panels):
+            if key not in log:
+                continue
+            values = np.asarray(log[key], dtype=np.float64)
+            ax.plot(epochs, values, marker="o", markersize=3, color=colours(k % 10), label=name)
+            if best and name in best and best[name] in epochs:
+                at = int(np.flatnonzero(epochs == best[name])[0])
+                ax.plot(epochs[at], values[at], marker="*", markersize=14, color=colours(k % 10),
+                        markeredgecolor="black", linestyle="none")
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_title(title + (" (star: best epoch)" if best else ""))
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="run", fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
 
 
 def navigation_figure(examples: list[tuple[np.ndarray, np.ndarray, dict]], path: str | Path,
