@@ -229,3 +229,13 @@ def test_one_run_is_summarised(two_runs, tmp_path):
     result = compare.compare([two_runs[0]], tmp_path / "out")
     assert compare.SETTINGS not in result.table.index.get_level_values("section")
     assert "## Settings that differ\n\nnone" in result.markdown and "**" not in result.markdown
+
+
+def test_markdown_tables_escape_pipes_and_right_align_numbers():
+    from kit import tables
+
+    frame = pd.DataFrame({"IoU": [0.5, float("nan")], "pixels": [3, 0], "note": ["a|b", None]},
+                         index=pd.Index(["road", "car"], name="class"))
+    assert tables.markdown(frame) == ("| class | IoU | pixels | note |\n| --- | ---: | ---: | --- |\n"
+                                      "| road | 0.5000 | 3 | a\\|b |\n| car | n/a | 0 | n/a |\n")
+    assert tables.markdown(frame[["note"]], right=True).splitlines()[1] == "| --- | ---: |"
