@@ -109,10 +109,10 @@ def main(args) -> dict:
               "trained_output_stride": trained_stride, "slid_images": predictor.slid, "model": str(model_path),
               "data_root": str(tree.root), "classes": list(classes.names)}
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    atomic.write_text(out / config.RUN_METRICS, json.dumps(report, indent=2) + "\n")
     table = cm.table(classes.names)
     atomic.write_text(out / "per_class_iou.md", table)
-    figures.confusion_matrix_figure(cm.matrix, out / "confusion_matrix.png", classes.names)
+    figures.confusion_matrix_figure(cm.matrix, out / "confusion_matrix.png", classes)
     figures.prediction_grid(examples, out / "predictions.png", classes)
     if args.navigation != "none" and args.num_navigation > 0 and examples:
         costs = navigation.class_costs_for(classes.names)
@@ -124,7 +124,7 @@ def main(args) -> dict:
             rows.append((image, pred, navigation.navigate(probs, args.navigation, costs)))
         if rows:
             figures.navigation_figure(rows, out / "navigation.png", classes, profile=args.navigation)
-    figures.training_curves(run_dir / "log.csv", out / "training_curves.png")
+    figures.training_curves(run_dir / config.RUN_LOG, out / "training_curves.png")
     if predictor.slid:
         print(f"{predictor.slid} image(s) were run in {options['crop_size']} px windows")
     print(f"{args.subset}: {len(pairs)} images at {args.resolution} resolution  pixel accuracy "

@@ -19,8 +19,10 @@ import math
 
 import keras
 import numpy as np
+import pandas as pd
 from keras import ops
 
+from kit import tables
 from kit.voc import NUM_CLASSES
 
 SCORES = ("pixel_accuracy", "mean_accuracy", "mean_iou")
@@ -100,12 +102,9 @@ class ConfusionMatrix:
     def table(self, class_names) -> str:
         """Markdown: class, IoU, accuracy (recall), ground-truth pixels."""
         result = self.compute()
-        fmt = lambda v: "n/a" if math.isnan(v) else f"{v:.4f}"  # noqa: E731
-        lines = ["| class | IoU | accuracy | pixels |", "| --- | ---: | ---: | ---: |"]
-        for c, name in enumerate(class_names):
-            lines.append(f"| {name} | {fmt(result['per_class_iou'][c])} | {fmt(result['per_class_accuracy'][c])} "
-                         f"| {int(self.matrix[c].sum())} |")
-        return "\n".join(lines) + "\n"
+        frame = pd.DataFrame({"IoU": result["per_class_iou"], "accuracy": result["per_class_accuracy"],
+                              "pixels": self.matrix.sum(axis=1)}, index=pd.Index(list(class_names), name="class"))
+        return tables.markdown(frame)  # NaN (a class in neither labels nor predictions) as n/a
 
 
 class ConfusionMatrixMetric(keras.metrics.Metric):

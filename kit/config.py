@@ -26,6 +26,11 @@ from kit import synthetic
 from kit.errors import KitError
 
 RUN_CONFIG = "config.json"
+# The run directory's other files that more than one script reads: train.py's per-epoch log and
+# evaluate.py's scores (compare.py reads both), and the log column that picks best.keras.
+RUN_LOG = "log.csv"
+RUN_METRICS = "metrics.json"
+MONITOR = "val_mean_iou"
 
 
 class ConfigError(KitError, ValueError):

@@ -1,53 +1,138 @@
-"""Pictures for people: prediction grids, navigation, the confusion matrix and training curves (PNG files)."""
+"""Pictures for people: prediction grids, navigation, the confusion matrix and training curves (PNG files).
+
+Every figure that draws class masks carries a colour legend naming the classes it shows, in
+the data set's own colours and names (ClassTable), so a reader can tell car from chair. The
+figures are built as matplotlib Figures (not through pyplot's global state), written
+atomically, and returned, so a caller or a test can read what was drawn.
+"""
 from __future__ import annotations
 
 import csv
 import sys
 from pathlib import Path
+from typing import Iterable
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.legend import Legend  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
 
+from kit import atomic  # noqa: E402
 from kit import navigation  # noqa: E402
 from kit.data import ClassTable  # noqa: E402
+from kit.voc import IGNORE_LABEL  # noqa: E402
+
+IGNORED = "ignored (not scored)"  # the legend entry of the ignore colour in ground truth
+DPI = 80
+
+
+def save(fig: Figure, path: str | Path) -> Figure:
+    """Write `fig` as a PNG (atomically), cropped to what it draws, legends below the axes included."""
+    with atomic.file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    return fig
+
+
+def classes_present(masks: Iterable[np.ndarray], num_classes: int) -> list[int]:
+    """Ascending class indices that occur in any of the (H, W) masks; the ignore label is left out."""
+    found = np.zeros(256, bool)
+    for mask in masks:
+        found[np.unique(np.asarray(mask).astype(np.uint8))] = True
+    return [c for c in range(num_classes) if found[c]]
+
+
+def class_legend(fig: Figure, classes: ClassTable, masks: list[np.ndarray], columns: int,
+                 ignored_in: list[np.ndarray] = ()) -> Legend | None:
+    """A legend under the figure's axes: a swatch in the data set's colour and the name of each
+    class that occurs in `masks` (class order), then the ignore colour if any of `ignored_in`
+    (ground truth) holds the ignore label. None when no mask holds a class."""
+    present = classes_present(masks, classes.num_classes)
+    handles = [Patch(facecolor=np.asarray(classes.colours[c]) / 255, edgecolor="black", linewidth=0.5,
+                     label=classes.names[c]) for c in present]
+    if any((np.asarray(mask) == IGNORE_LABEL).any() for mask in ignored_in):
+        handles.append(Patch(facecolor=classes.palette()[IGNORE_LABEL] / 255, edgecolor="black", linewidth=0.5,
+                             label=IGNORED))
+    if not handles:
+        return None
+    title = f"classes shown ({len(present)} of {classes.num_classes})"
+    # Below the axes (save() crops to include it): as wide as the figure, as many rows as it needs.
+    return fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(columns, len(handles)),
+                      fontsize=8, title=title, title_fontsize=9, frameon=False)
 
 
 def prediction_grid(examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: str | Path,
-                    classes: ClassTable | None = None) -> None:
-    """Rows of input / ground truth / prediction in the data set's class colours; examples are
-    (image (H, W, 3) in [0, 255], label (H, W), prediction (H, W))."""
+                    classes: ClassTable | None = None) -> Figure:
+    """Rows of input / ground truth / prediction in the data set's class colours, with a legend of
+    the classes in the labels and predictions shown; examples are (image (H, W, 3) in [0, 255],
+    label (H, W), prediction (H, W)). Returns the saved Figure."""
     classes = classes or ClassTable.voc()
     rows = max(len(examples), 1)
-    fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+    fig = Figure(figsize=(9, 3 * rows))
+    axes = fig.subplots(rows, 3, squeeze=False)
     for row, (image, label, pred) in zip(axes, examples):
         pictures = (np.clip(image, 0, 255).astype(np.uint8), classes.colourize(label), classes.colourize(pred))
         for ax, picture, title in zip(row, pictures, ("input", "ground truth", "prediction")):
             ax.imshow(picture)
             ax.set_title(title)
-            ax.axis("off")
+    for ax in axes.flat:
+        ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    labels = [label for _, label, _ in examples]
+    class_legend(fig, classes, [*labels, *(pred for _, _, pred in examples)], columns=5, ignored_in=labels)
+    return save(fig, path)
 
 
-def confusion_matrix_figure(cm: np.ndarray, path: str | Path, class_names=ClassTable.voc().names) -> None:
-    """Row-normalised confusion matrix (each true class sums to 1), classes by name."""
-    cm = np.asarray(cm, dtype=np.float64)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+def confusion_matrix_figure(cm: np.ndarray, path: str | Path, classes: ClassTable | None = None) -> Figure:
+    """Row-normalised confusion matrix (each true class sums to 1) of the classes that occur in
+    the labels or the predictions, named on both axes beside a strip of each class's colour.
+
+    Classes in neither are left out, and the title says how many are shown: all 150 of ADE20K
+    would be an unreadable 150 x 150 grid, and an empty row or column says nothing. Returns the
+    saved Figure.
+    """
+    classes = classes or ClassTable.voc()
+    cm = np.asarray(cm, dtype=np.float64)  # (C, C): rows true, columns predicted
     n = len(cm)
-    fig, ax = plt.subplots(figsize=(0.45 * n + 3, 0.45 * n + 2))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), class_names[:n], rotation=90)
-    ax.set_yticks(range(n), class_names[:n])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    shown = np.flatnonzero((cm.sum(axis=0) > 0) | (cm.sum(axis=1) > 0))
+    k = max(len(shown), 1)
+    cell = float(np.clip(30 / k, 0.2, 0.45))  # inches per class: 21 classes at 0.45, 150 at 0.2
+    fontsize = 10 if k <= 40 else 8
+    fig = Figure(figsize=(cell * k + 4, cell * k + 3))
+    ax = fig.subplots()
+    ax.set_label("confusion matrix")
+    if not len(shown):
+        ax.text(0.5, 0.5, "no labelled pixels", ha="center", va="center")
+        ax.axis("off")
+        return save(fig, path)
+    im = ax.imshow(norm[np.ix_(shown, shown)], cmap="Blues", vmin=0, vmax=1, aspect="equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    divider = make_axes_locatable(ax)
+    colours = np.asarray(classes.colours, np.uint8)[shown]  # (k, 3)
+    names = [classes.names[c] for c in shown]
+    true_strip = divider.append_axes("left", size=0.2, pad=0.05)  # 0.2 inch wide
+    true_strip.set_label("true classes")
+    true_strip.imshow(colours[:, None], aspect="auto")
+    true_strip.set_xticks([])
+    true_strip.set_yticks(range(k), names, fontsize=fontsize)
+    true_strip.set_ylabel("true")
+    pred_strip = divider.append_axes("bottom", size=0.2, pad=0.05)
+    pred_strip.set_label("predicted classes")
+    pred_strip.imshow(colours[None], aspect="auto")
+    pred_strip.set_yticks([])
+    pred_strip.set_xticks(range(k), names, rotation=90, fontsize=fontsize)
+    pred_strip.set_xlabel("predicted")
+    fig.colorbar(im, cax=divider.append_axes("right", size=0.2, pad=0.1))
+    what = (f"all {n} classes" if len(shown) == n else
+            f"{len(shown)} of {n} classes (those in the labels or predictions)")
+    ax.set_title(f"confusion matrix, rows normalised: {what}")
+    return save(fig, path)
 
 
 def training_curves(log_csv: str | Path, path: str | Path) -> bool:
@@ -72,8 +157,8 @@ def training_curves(log_csv: str | Path, path: str | Path) -> bool:
         return False
     panels = [("loss", "loss"), ("mean_iou", "mean IoU"), ("pixel_accuracy", "pixel accuracy"),
               ("learning_rate", "learning rate")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (key, title) in zip(axes, panels):
+    fig = Figure(figsize=(4 * len(panels), 3.2))
+    for ax, (key, title) in zip(fig.subplots(1, len(panels)), panels):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + key in series:
                 ax.plot(epochs, series[prefix + key], style, marker="o", label="validation" if prefix else "train")
@@ -83,24 +168,54 @@ def training_curves(log_csv: str | Path, path: str | Path) -> bool:
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
     return True
+
+
+def run_curves(logs: dict[str, object], path: str | Path, best: dict[str, int] | None = None) -> Figure:
+    """Validation mean IoU and loss per epoch of several runs on one plot, a line per run and a
+    legend naming the runs; a star on each run's best epoch (`best`, by name). `logs` maps a run's
+    name to its log.csv as read (columns epoch, val_mean_iou, val_loss; a pandas DataFrame or a
+    dict of arrays). Returns the saved Figure."""
+    panels = (("val_mean_iou", "validation mean IoU"), ("val_loss", "validation loss"))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, len(panels))
+    colours = matplotlib.colormaps["tab10"]
+    for k, (name, log) in enumerate(logs.items()):
+        epochs = np.asarray(log["epoch"])
+        for ax, (key, _) in zip(axes, panels):
+            if key not in log:
+                continue
+            values = np.asarray(log[key], dtype=np.float64)
+            ax.plot(epochs, values, marker="o", markersize=3, color=colours(k % 10), label=name)
+            if best and name in best and best[name] in epochs:
+                at = int(np.flatnonzero(epochs == best[name])[0])
+                ax.plot(epochs[at], values[at], marker="*", markersize=14, color=colours(k % 10),
+                        markeredgecolor="black", linestyle="none")
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_title(title + (" (star: best epoch)" if best else ""))
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="run", fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
 
 
 def navigation_figure(examples: list[tuple[np.ndarray, np.ndarray, dict]], path: str | Path,
                       classes: ClassTable | None = None, profile: str | None = None,
-                      stop_threshold: float = 0.5) -> None:
-    """Rows of input / prediction / cost map / sector costs with the chosen heading.
+                      stop_threshold: float = 0.5) -> Figure:
+    """Rows of input / prediction / cost map / sector costs with the chosen heading; returns the saved Figure.
 
     Examples are (image (H, W, 3) in [0, 255], prediction (H, W), navigation.navigate's result,
     which holds the cost map). The cost map shows the near field the planner reads (below the
     dashed line), its strips and an arrow to the chosen one; the bar chart the strips' costs,
-    the chosen one outlined, and the stop threshold.
+    the chosen one outlined, and the stop threshold. A legend names the predicted classes.
     """
     classes = classes or ClassTable.voc()
     rows = max(len(examples), 1)
-    fig, axes = plt.subplots(rows, 4, figsize=(13, 3 * rows), squeeze=False)
+    fig = Figure(figsize=(13, 3 * rows))
+    axes = fig.subplots(rows, 4, squeeze=False)
     for row, (image, pred, result) in zip(axes, examples):
         cost, costs, heading = result["cost_map"], np.asarray(result["sector_costs"]), result["heading"]
         height, width = cost.shape
@@ -118,7 +233,7 @@ def navigation_figure(examples: list[tuple[np.ndarray, np.ndarray, dict]], path:
                             arrowprops={"arrowstyle": "-|>", "color": "white", "linewidth": 2})
         row[2].set_title(f"cost map ({profile})" if profile else "cost map")
         fig.colorbar(im, ax=row[2], fraction=0.046)
-        bars = row[3].bar(range(len(costs)), costs, color=plt.get_cmap("RdYlGn_r")(np.clip(costs, 0, 1)),
+        bars = row[3].bar(range(len(costs)), costs, color=matplotlib.colormaps["RdYlGn_r"](np.clip(costs, 0, 1)),
                           edgecolor="black")
         if not result["stop"]:  # outlined, and an arrow that shows even on a zero-cost bar
             bars[heading].set_edgecolor("blue")
@@ -136,13 +251,14 @@ def navigation_figure(examples: list[tuple[np.ndarray, np.ndarray, dict]], path:
         for ax in row[:3]:
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    class_legend(fig, classes, [pred for _, pred, _ in examples], columns=8)
+    return save(fig, path)
 
 
 def ground_figure(image: np.ndarray, pred: np.ndarray, result: dict, navigator, path: str | Path,
-                  classes: ClassTable | None = None) -> None:
-    """Input (with the chosen arc on the ground), prediction, cost map and the bird's-eye grid beside them.
+                  classes: ClassTable | None = None) -> Figure:
+    """Input (with the chosen arc on the ground), prediction, cost map and the bird's-eye grid
+    beside them, and a legend of the predicted classes; returns the saved Figure.
 
     `result` is ground.GroundNavigator.navigate's (it holds the cost map and the cells) and
     `navigator` the GroundNavigator. The grid is drawn forward up, left on the left, in metres:
@@ -154,7 +270,8 @@ def ground_figure(image: np.ndarray, pred: np.ndarray, result: dict, navigator, 
     classes = classes or ClassTable.voc()
     grid, planner = navigator.grid, navigator.planner
     height, width = result["cost_map"].shape
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), gridspec_kw={"width_ratios": [1, 1, 1.2, 1.1]})
+    fig = Figure(figsize=(15, 3.6))
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1.2, 1.1]})
     axes[0].imshow(np.clip(image, 0, 255).astype(np.uint8))
     axes[1].imshow(classes.colourize(pred))
     im = axes[2].imshow(result["cost_map"], cmap="RdYlGn_r", vmin=0, vmax=1)
@@ -163,7 +280,7 @@ def ground_figure(image: np.ndarray, pred: np.ndarray, result: dict, navigator, 
     if 0 <= horizon < height:
         axes[2].axhline(horizon, color="white", linestyle="--", linewidth=1)
     cells = np.ma.masked_invalid(np.asarray(result["cells"]).T[::-1, ::-1])  # forward up, +y (left) on the left
-    cmap = plt.get_cmap("RdYlGn_r").with_extremes(bad="0.6")
+    cmap = matplotlib.colormaps["RdYlGn_r"].with_extremes(bad="0.6")
     y0, x0 = grid.origin[1], grid.origin[0]
     rows, cols = grid.shape
     extent = (y0 + rows * grid.cell, y0, x0, x0 + cols * grid.cell)  # left = +y, as seen from the vehicle
@@ -187,5 +304,5 @@ def ground_figure(image: np.ndarray, pred: np.ndarray, result: dict, navigator, 
         ax.set_title(name)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    class_legend(fig, classes, [pred], columns=8)
+    return save(fig, path)

@@ -32,7 +32,7 @@ from kit import distributed
 from kit.errors import KitError
 
 STATE_DIR = "state"
-MONITOR = "val_mean_iou"
+MONITOR = config.MONITOR
 
 
 def atomic_save_model(model: keras.Model, path: str | Path) -> None:
@@ -46,7 +46,7 @@ class RunError(KitError):
 
 
 # Everything train.py, evaluate.py and export.py write into a run directory: what --fresh removes.
-RUN_FILES = (config.RUN_CONFIG, "log.csv", "best.keras", STATE_DIR, "tensorboard", "metrics.json",
+RUN_FILES = (config.RUN_CONFIG, config.RUN_LOG, "best.keras", STATE_DIR, "tensorboard", config.RUN_METRICS,
              "per_class_iou.md", "confusion_matrix.png", "predictions.png", "navigation.png", "training_curves.png",
              "export")
 LOCK_FILE = ".lock"
@@ -407,7 +407,7 @@ class RunState(keras.callbacks.Callback):
         over silently would overwrite best.keras, the log and the config.
         """
         if not self.state_path.is_file():
-            left = [p.name for p in (self.last_path, self.best_path, self.run_dir / "log.csv") if p.exists()]
+            left = [p.name for p in (self.last_path, self.best_path, self.run_dir / config.RUN_LOG) if p.exists()]
             if left:
                 raise RunError(f"{self.run_dir} holds {', '.join(left)} but no {STATE_DIR}/state.json, so the run "
                                f"cannot be resumed safely; pass --fresh to start over (it deletes the run's files), "
@@ -479,7 +479,7 @@ class RunState(keras.callbacks.Callback):
         if not self.write:
             return
         self._save_model(self.model, self.last_path)
-        write_csv_log(self.run_dir / "log.csv", self.history)
+        write_csv_log(self.run_dir / config.RUN_LOG, self.history)
         state = {"epoch": epoch, "history": self.history, "best": self.best,
                  "finished": bool(self.model.stop_training), "plateau": self.plateau.state()}
         atomic.write_text(self.state_path, json.dumps(state, indent=2, default=float))

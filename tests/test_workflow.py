@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from kit import compare
 from kit import config
 from kit import data
 import evaluate
@@ -140,6 +141,33 @@ def test_evaluate_input_resolution_with_tta(trained, tmp_path):
     report = evaluate.main(evaluate.parse_args(["--run-dir", str(run_dir), "--out-dir", str(tmp_path),
                                                 "--resolution", "input", "--tta", "flip", "--scales", "0.75,1"]))
     assert report["resolution"] == "input" and report["num_images"] == 4 and 0 <= report["mean_iou"] <= 1
+
+
+def test_compare_reads_what_train_and_evaluate_wrote(trained, tmp_path):
+    """compare.py on the config.json and log.csv train.py wrote and the metrics.json evaluate.py wrote."""
+    run_dir, result = trained
+    runs = []
+    for name, tta in (("plain", "none"), ("flipped", "flip")):
+        copy = tmp_path / name  # the run's files, scored twice into copies of it
+        copy.mkdir()
+        for file in (config.RUN_CONFIG, config.RUN_LOG):
+            (copy / file).write_bytes((run_dir / file).read_bytes())
+        evaluate.main(evaluate.parse_args(["--run-dir", str(run_dir), "--out-dir", str(copy), "--tta", tta,
+                                           "--num-figures", "1", "--navigation", "none"]))
+        runs.append(copy)
+    compared = compare.compare(runs, tmp_path / "cmp")
+    table = compared.table
+    settings = table.xs(compare.SETTINGS, level="section")
+    assert list(settings.index) == ["evaluate tta"] and settings.loc["evaluate tta"].tolist() == ["none", "flip"]
+    best = max(result["history"], key=lambda row: row["val_mean_iou"])
+    assert table.loc[(compare.TRAINING, compare.BEST_EPOCH)].tolist() == [best["epoch"]] * 2
+    assert table.loc[(compare.TRAINING, "best val_mean_iou")].tolist() == [pytest.approx(best["val_mean_iou"])] * 2
+    for copy, column in zip(runs, ("plain", "flipped")):
+        saved = json.loads((copy / config.RUN_METRICS).read_text())
+        assert table.loc[(compare.SCORES, "mean_iou"), column] == saved["mean_iou"]
+        assert table.xs(compare.PER_CLASS, level="section")[column].tolist() == list(saved["per_class_iou"].values())
+    assert list(table.xs(compare.PER_CLASS, level="section").index) == list(voc.CLASS_NAMES)
+    assert all(path.is_file() for path in compared.files)
 
 
 def test_nan_loss_stops_with_error_and_keeps_last_good_state(data_dir, tmp_path, monkeypatch):
