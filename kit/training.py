@@ -95,8 +95,8 @@ def discard_run(run_dir: Path) -> list[str]:
     A folder without a run of ours (no config.json or state/) is a RunError: --fresh is not a
     way to empty an arbitrary folder (`--run-dir eval --fresh` must not wipe every run in eval/).
     """
-    if not run_dir.exists():
-        return []
+    if not run_dir.exists() or {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+        return []  # nothing to discard: a new run (its lock, taken just before, is all there is)
     if not ((run_dir / config.RUN_CONFIG).is_file() or (run_dir / STATE_DIR).is_dir()):
         raise RunError(f"--fresh: {run_dir} holds no train.py run (no config.json or {STATE_DIR}/), so nothing is "
                        f"deleted; give --run-dir the run's own folder")

@@ -58,6 +58,13 @@ def test_fresh_refuses_a_folder_that_holds_no_run(data_dir, tmp_path):
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "other_run" / "best.keras").exists()
 
 
+def test_fresh_on_a_new_run_directory_just_starts(tmp_path):
+    run_dir = tmp_path / "eval" / "demo"  # the quick start's `train.py --demo --fresh` on a clean clone
+    with training.RunLock(run_dir):  # train.py takes the lock, then discards
+        assert training.discard_run(run_dir) == []
+    assert [p.name for p in run_dir.iterdir()] == [training.LOCK_FILE]
+
+
 def test_fresh_removes_only_the_run_files(run_copy):
     (run_copy / "my_notes.txt").write_text("keep me")
     removed = training.discard_run(run_copy)
