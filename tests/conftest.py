@@ -170,3 +170,15 @@ def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     download_data.ensure_synthetic(d, 12, 8, progress=False, min_size=64, max_size=128)
     return d
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """An untrained 21-class DeepLab v3 (MobileNetV2, 16-channel ASPP, no weights) saved as .keras,
+    once per test module that asks for it."""
+    from model import build_deeplabv3
+
+    model = build_deeplabv3((None, None, 3), backbone="mobilenetv2", backbone_weights=None, aspp_filters=16)
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model.save(path)
+    return path

@@ -10,20 +10,11 @@ from PIL import Image
 
 import predict
 from kit import cli
-from model import build_deeplabv3
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 FRAMES, WIDTH, HEIGHT = 6, 64, 48
 CAMERA = ["--camera-height", "0.6", "--camera-pitch", "35", "--hfov", "100", "--grid-size", "2x2", "--cell", "0.1"]
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    model = build_deeplabv3((None, None, 3), backbone="mobilenetv2", backbone_weights=None, aspp_filters=16)
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    model.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

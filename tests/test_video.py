@@ -19,19 +19,10 @@ import predict
 from kit import video
 from kit import voc
 from kit.data import ClassTable
-from model import build_deeplabv3
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 FRAMES, WIDTH, HEIGHT, FPS = 10, 64, 48, 12.0
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    model = build_deeplabv3((None, None, 3), backbone="mobilenetv2", backbone_weights=None, aspp_filters=16)
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    model.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
