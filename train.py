@@ -40,7 +40,7 @@ from model import build_deeplabv3, dilated_conv_kernel, inference_model, onednn_
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--demo", action="store_true", help="offline demo: synthetic data, MobileNetV2, 128 px (see README)")
+    p.add_argument("--demo", action="store_true", help="offline demo: synthetic data, MobileNetV2, 128 px (see docs/training.md)")
     config.add_arguments(p, config.TRAIN, presets=("demo",))
     p.add_argument("--fresh", action="store_true", help="discard an earlier run in --run-dir instead of resuming it")
     p.add_argument("--save-worker-model", metavar="PATH",

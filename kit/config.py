@@ -86,7 +86,7 @@ TRAIN: dict[str, Setting] = {
     "bn_momentum": Setting(None, "batch-norm moving-average momentum (none: Keras's)", type=float, identity=True),
     # training recipe
     "recipe": Setting("chapter", "chapter: Adam, plateau, 384 px crops; deeplabv3: the papers' SGD + poly, scale "
-                      "jitter 0.5-2.0, 512 px crops, trainaug when present, 30k iterations (see README)",
+                      "jitter 0.5-2.0, 512 px crops, trainaug when present, 30k iterations (see docs/training.md)",
                       choices=("chapter", "deeplabv3"), identity=True),
     "batch_size": Setting(8, "global batch size", type=int, identity=True),
     "epochs": Setting(25, "epochs to train; more on a finished run continues it (derived from --iterations "
@@ -113,7 +113,7 @@ TRAIN: dict[str, Setting] = {
                         "--aux-loss means 0.4", type=float, nargs="?", const=0.4, metavar="W", identity=True),
     "loss": Setting("ce_dice", "training loss", choices=("ce_dice", "ce", "dice"), identity=True),
     "class_weights": Setting("image", "pixel weights by class frequency: image (the chapter's), batch, dataset "
-                             "(measured once over the training masks) or none (see README)",
+                             "(measured once over the training masks) or none (see docs/training.md)",
                              choices=("image", "batch", "dataset", "none"), identity=True),
     "freeze_bn": Setting(False, "keep every batch norm in inference mode (fine-tuning with small batches)",
                          flag=True, identity=True),

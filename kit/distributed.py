@@ -1,7 +1,7 @@
 """Training on several machines (`--strategy multiworker`): the cluster from TF_CONFIG, and the
 training loop that replaces Keras's `fit` there.
 
-    # the same command on every machine; only TF_CONFIG's task index differs (README, "Several machines")
+    # the same command on every machine; only TF_CONFIG's task index differs (docs/training.md, "Several machines")
     TF_CONFIG='{"cluster": {"worker": ["10.0.0.1:23456", "10.0.0.2:23456"]}, "task": {"type": "worker", "index": 0}}' \
         python train.py --strategy multiworker --worker-timeout 300
 
@@ -57,7 +57,7 @@ def cluster_from_env() -> tuple[dict[str, list[str]], str, int]:
     text = os.environ.get(TF_CONFIG)
     if not text:
         raise ClusterError("--strategy multiworker needs TF_CONFIG describing the cluster and this machine's place "
-                           "in it (README, \"Several machines\")")
+                           "in it (docs/training.md, \"Several machines\")")
     try:
         spec = json.loads(text)
         cluster, task = spec["cluster"], spec["task"]

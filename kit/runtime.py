@@ -24,7 +24,7 @@ KNOWN_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_b
 def prefer_onednn() -> bool:
     """Turn oneDNN on for training on x86 CPUs, unless TF_ENABLE_ONEDNN_OPTS already decides.
 
-    Measured on a 2-core AVX2 EPYC (README, "Where it runs"): training at 384 px, batch 4, runs
+    Measured on a 2-core AVX2 EPYC (docs/performance.md, "Where it runs"): training at 384 px, batch 4, runs
     0.83 images/s with oneDNN against 0.56 without (TensorFlow's default there), so train.py
     asks for it. Inference at batch 1 is the other way round on that CPU (640-750 ms against
     370-440 ms per 384 px image), so evaluate.py and predict.py leave TensorFlow's default.
