@@ -233,6 +233,18 @@ def test_a_bad_model_ends_in_one_error_line_without_tensorflow(blocker, tmp_path
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {junk} cannot be loaded as a model")
 
 
+def _pins(name: str) -> dict[str, str]:
+    lines = (line.split("#")[0].strip() for line in (ROOT / name).read_text().splitlines())
+    return dict(line.split("==") for line in lines if line)
+
+
+def test_the_car_installs_no_tensorflow_and_requirements_txt_versions():
+    car, full = _pins("requirements-car.txt"), _pins("requirements.txt")
+    assert {"ai-edge-litert", "onnxruntime", "numpy", "pillow", "opencv-python-headless"} <= set(car)
+    assert not {"tensorflow", "keras", "tf2onnx"} & set(car)
+    assert {name: full.get(name) for name in car} == car
+
+
 # ----------------------------------------------------------------------------- bad input, in this process
 
 
