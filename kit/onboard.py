@@ -134,7 +134,9 @@ class OnnxModel:
         options.intra_op_num_threads = num_threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1  # one graph, run op by op: threads go inside the ops
         options.log_severity_level = 3  # errors only: its warnings about unused initializers are noise
-        self.session = ort.InferenceSession(str(path), options, providers=providers or ort.get_available_providers())
+        # The Azure provider, listed first by the stock wheels, calls remote endpoints: it runs no local op.
+        local = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), options, providers=providers or local)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelFileError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs, not one image in "

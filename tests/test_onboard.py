@@ -110,6 +110,8 @@ def test_onnx_export_passes_the_parity_gate_with_any_batch(exported):
     assert facts["producer"].startswith("tf2onnx")
     # Any batch: two images at once give what each gives alone, and what Keras gives.
     model = onboard.load_model(out / "model.onnx")
+    assert "CPUExecutionProvider" in model.session.get_providers()
+    assert "AzureExecutionProvider" not in model.session.get_providers()  # a remote-call provider, no local ops
     x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
     both = model(x)
     assert both.shape == (2, SIZE, SIZE, 21)
