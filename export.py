@@ -1,17 +1,21 @@
-"""Export a trained model for the vehicle: SavedModel and TFLite (float32, float16, int8), checked.
+"""Export a trained model for the vehicle: SavedModel, TFLite (float32, float16, int8) and ONNX, checked.
 
     python export.py --run-dir eval/deeplabv3                 # best.keras -> eval/deeplabv3/export/
     python export.py --run-dir eval/demo --report             # ... and which file goes on the car
+    python export.py --run-dir eval/demo --formats onnx       # only model.onnx (and classes.json)
 
 Writes `saved_model/` (any input size) and, for a fixed (1, size, size, 3) input (`--size`,
 default the run's input size), `model_float32.tflite`, `model_float16.tflite`,
 `model_int8.tflite` (dynamic-range: int8 weights), `model_full_int8.tflite` (int8 weights and
 activations, calibrated on the run's training images; `--int8-io` for int8 input and output),
-and `classes.json` (the class table, which predict.py reads). Then it runs Keras and every
+`model.onnx` ((N, size, size, 3) input, any batch N, ONNX opset 17, through Keras' exporter and
+tf2onnx), and `classes.json` (the class table, which predict.py reads). The .tflite and .onnx
+files run without TensorFlow (predict.py, kit/onboard.py). Then it runs Keras and every
 export on the run's own test images (its config.json; nothing is downloaded or generated) and
 writes the fraction of pixels whose predicted class agrees (`parity.json`): the SavedModel,
-float32 and float16 must agree on at least 99.9% of pixels, or the command fails; the int8
-files are reported.
+float32, float16 and ONNX must agree on at least 99.9% of pixels, or the command fails; the
+int8 files are reported. The TFLite files are run under LiteRT and the ONNX file under ONNX
+Runtime, as on the vehicle.
 
 --report measures every format (kit/deploy.py: size, latency at 1, 2 and all threads, mean IoU and
 pixel accuracy on the whole test split, agreement with Keras) into `export_report.json` and
@@ -35,7 +39,7 @@ from kit import data  # noqa: E402
 from kit import deploy  # noqa: E402
 from kit import inference  # noqa: E402
 
-DEFAULT_FORMATS = "savedmodel,float32,float16,int8,full_int8"
+DEFAULT_FORMATS = "savedmodel,float32,float16,int8,full_int8,onnx"
 
 
 def parse_args(argv=None):
@@ -44,10 +48,11 @@ def parse_args(argv=None):
                    help="the training run: its best.keras, data and classes")
     p.add_argument("--model", help="a .keras model (default RUN_DIR/best.keras)")
     p.add_argument("--out-dir", help="default: an export/ folder beside the model")
-    p.add_argument("--size", type=int, help="square input size of the TFLite models (default: the run's input size)")
+    p.add_argument("--size", type=int, help="square input size of the TFLite and ONNX models (default: the run's "
+                   "input size)")
     p.add_argument("--formats", default=DEFAULT_FORMATS,
                    help="comma-separated, or all: savedmodel, float32 (tflite_float32), float16 (tflite_float16), "
-                        "int8 (tflite_dynamic_int8), full_int8 (tflite_full_int8); keras is always the reference")
+                        "int8 (tflite_dynamic_int8), full_int8 (tflite_full_int8), onnx; keras is always the reference")
     p.add_argument("--int8-io", action="store_true", help="the full-int8 model takes and returns int8 tensors")
     p.add_argument("--calibration-images", type=cli.whole_number(1), default=100,
                    help="training images that calibrate the full-int8 model's activation ranges")
@@ -70,6 +75,8 @@ def main(args) -> dict:
     formats = [f for f in deploy.resolve_formats(args.formats) if f != "keras"]
     if args.int8_io and "tflite_full_int8" not in formats:
         raise config.ConfigError("--int8-io applies to the full-int8 model: add full_int8 to --formats")
+    if "onnx" in formats:
+        deploy.check_onnx_converter()  # before anything is loaded or written
     saved = config.load_run_config(run_dir)
     size = args.size if args.size is not None else saved.get("input_size", config.TRAIN["input_size"].default)
     stride = saved.get("output_stride", config.TRAIN["output_stride"].default)
@@ -101,6 +108,8 @@ def main(args) -> dict:
     for kind, flat in deploy.tflite_files(model, size, list(lite), calibration, args.int8_io):
         atomic.write_bytes(files[lite[kind]], flat)
     float_ops = deploy.float_ops(files["tflite_full_int8"]) if "tflite_full_int8" in files else None
+    if "onnx" in formats:
+        deploy.export_onnx(model, files["onnx"], size)
 
     if args.report:
         measured = deploy.measure(files, tree.classes, test, size, warmup=args.warmup_runs, runs=args.latency_runs,
@@ -115,8 +124,11 @@ def main(args) -> dict:
     parity = {"model": str(model_path), "size": size, "parity_images": len(test[0]),
               "files": {deploy.FORMATS[n].short: p for n, p in files.items() if n != "keras"},
               "argmax_agreement": {deploy.FORMATS[n].short: a for n, a in agreements.items() if n != "keras"}}
-    for name in (n for n in formats if n.startswith("tflite")):
+    for name in (n for n in formats if n != "savedmodel"):
         parity[f"{deploy.FORMATS[name].short}_megabytes"] = round(deploy.size_mb(files[name]), 2)
+    onnx = deploy.onnx_facts(files["onnx"]) if "onnx" in formats else None
+    if onnx:
+        parity["onnx_opset"] = onnx["opset"]
     if float_ops is not None:
         parity["full_int8_float_ops"] = float_ops
     atomic.write_text(out / "parity.json", json.dumps(parity, indent=2) + "\n")
@@ -127,6 +139,8 @@ def main(args) -> dict:
                   "threads": deploy.THREADS, "latency": {"batch": 1, "statistic": "median", "warmup": args.warmup_runs,
                                                          "runs": args.latency_runs},
                   "machine": deploy.machine(), "formats": measured}
+        if onnx:
+            result["onnx"] = onnx
         verdict = deploy.full_int8_verdict(measured)
         if verdict is not None:
             result["full_int8"] = {**verdict, "float_ops": float_ops,
@@ -139,7 +153,7 @@ def main(args) -> dict:
     else:
         print(json.dumps(parity, indent=2))
     failing = {deploy.FORMATS[n].short: a for n, a in agreements.items()
-               if n in ("savedmodel", "tflite_float32", "tflite_float16") and a < deploy.PARITY_FLOOR}
+               if n in deploy.GATED and a < deploy.PARITY_FLOOR}
     if failing:
         raise deploy.ExportError(f"exports disagree with Keras on more than {1 - deploy.PARITY_FLOOR:.1%} of "
                                  f"pixels: {failing}")

@@ -3,6 +3,10 @@
     python predict.py --model eval/deeplabv3/best.keras photo.jpg more_photos/ --out predictions/
     python predict.py --model eval/demo/best.keras --video drive.mp4 --out predictions/ --navigation safe
     python predict.py --model export/model_float32.tflite --camera 0 --every 2 --smooth 0.6  # Ctrl-C stops
+    python predict.py --model export/model.onnx --video drive.mp4 --navigation safe
+
+A .tflite or .onnx model runs without TensorFlow (kit/onboard.py: LiteRT, ONNX Runtime; what
+requirements-car.txt installs on the vehicle); .keras and SavedModel models load TensorFlow.
 
 Each image is segmented at its own size (grayscale and 16-bit images too). For `NAME.ext` it
 writes `NAME_mask.png` (palettized in the data set's class colours, class indices as pixel
@@ -38,24 +42,20 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from kit import atomic
+from kit import cli
+from kit import config
+from kit import ground
+from kit import navigation
+from kit import onboard
 from kit import runtime
-
-runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see kit/runtime.py)
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from kit import atomic  # noqa: E402
-from kit import cli  # noqa: E402
-from kit import config  # noqa: E402
-from kit import figures  # noqa: E402
-from kit import ground  # noqa: E402
-from kit import navigation  # noqa: E402
-from kit import inference  # noqa: E402
-from kit import video  # noqa: E402
-from kit.data import ClassTable, DataError  # noqa: E402
+from kit import video
+from kit.data import ClassTable, DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 NAVIGATION_LOG = "navigation.jsonl"  # images' headings, one JSON object per image
@@ -89,7 +89,8 @@ def _class_costs(text: str) -> dict[str, float]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a .keras model from train.py, or a .tflite / SavedModel from export.py")
+    p.add_argument("--model", required=True, help="a .keras model from train.py, or a .tflite, .onnx or SavedModel "
+                   "from export.py (.tflite and .onnx run without TensorFlow)")
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     p.add_argument("--video", metavar="FILE", help="a video file to segment frame by frame (instead of images)")
     p.add_argument("--camera", type=cli.whole_number(0), metavar="INDEX", help="a camera to segment (cv2.VideoCapture index, "
@@ -214,7 +215,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, classes: ClassTable, alpha: flo
     return blended
 
 
-def predict_files(predictor: inference.Predictor, files: list[Path], out: Path, classes: ClassTable | None = None,
+def predict_files(predictor: onboard.Predictor, files: list[Path], out: Path, classes: ClassTable | None = None,
                   alpha: float = 0.5, nav: video.NavigationSpec | None = None) -> tuple[list[Path], list[Path]]:
     """Segment each file, writing its mask and overlay to `out`; returns (written masks, failed inputs).
 
@@ -222,12 +223,14 @@ def predict_files(predictor: inference.Predictor, files: list[Path], out: Path, 
     heading, and NAME_navigation.png and a line of navigation.jsonl are written too.
     """
     classes = classes or ClassTable.voc()
+    if nav is not None:
+        from kit import figures  # matplotlib: loaded only for these figures, so that streams start without it
     out.mkdir(parents=True, exist_ok=True)
     written, failed, headings = [], [], []
     names = check_outputs([], files, out)
     for path, name in tqdm(list(zip(files, names)), desc="predict", unit="img"):
         try:
-            image = inference.read_image(path)
+            image = onboard.read_image(path)
             predictor.check_size(*image.shape[:2])
         except Exception as err:  # unreadable, missing or too small: report it, carry on with the rest
             print(f"error: cannot read {path}: {type(err).__name__}: {err}", file=sys.stderr)
@@ -236,15 +239,6 @@ def predict_files(predictor: inference.Predictor, files: list[Path], out: Path, 
         if nav is None:
             mask = predictor.masks(image[None])[0]  # (H, W) at the image's own size
             picture = overlay(image, mask, classes, alpha)
-        elif nav.ground is not None:  # the grid planner
-            probs = predictor.probabilities(image[None])[0].numpy()  # (H, W, C)
-            mask = probs.argmax(axis=-1).astype(np.uint8)
-            result = nav.navigate(probs)
-            picture = video.draw_ground_navigation(overlay(image, mask, classes, alpha), result, nav.ground)
-            figures.ground_figure(image, mask, result, nav.ground, out / f"{name}_navigation.png", classes)
-            if nav.save_grid:
-                ground.save_map(result["cells"], nav.ground.grid, out / f"{name}_grid")
-            headings.append({"image": str(path), **nav.record(result)})
         else:
             # (h, w, C), scaled down where --mode / --max-pixels would not run the image whole
             probs = predictor.planning_probabilities(image[None])
@@ -253,6 +247,13 @@ def predict_files(predictor: inference.Predictor, files: list[Path], out: Path, 
             else:
                 mask = predictor.masks(image[None])[0]  # full size, window by window
             result = nav.navigate(probs)
+        if nav is not None and nav.ground is not None:  # the grid planner
+            picture = video.draw_ground_navigation(overlay(image, mask, classes, alpha), result, nav.ground)
+            figures.ground_figure(image, mask, result, nav.ground, out / f"{name}_navigation.png", classes)
+            if nav.save_grid:
+                ground.save_map(result["cells"], nav.ground.grid, out / f"{name}_grid")
+            headings.append({"image": str(path), **nav.record(result)})
+        elif nav is not None:  # the strip planner
             picture = video.draw_navigation(overlay(image, mask, classes, alpha), result)
             figures.navigation_figure([(image, mask, result)], out / f"{name}_navigation.png", classes,
                                       profile=nav.profile, stop_threshold=nav.stop_threshold)
@@ -263,6 +264,22 @@ def predict_files(predictor: inference.Predictor, files: list[Path], out: Path, 
     if nav is not None:
         atomic.write_text(out / NAVIGATION_LOG, "".join(json.dumps(h) + "\n" for h in headings))
     return written, failed
+
+
+def load(path: str, labelmap: str | None = None):
+    """(model, its ClassTable, the Predictor class that runs it). A .tflite or .onnx file runs
+    through kit/onboard.py (LiteRT, ONNX Runtime), so TensorFlow is never imported and need not
+    be installed; its classes must be named (classes.json beside it, its run's config.json or
+    --labelmap), not guessed. .keras and SavedModel models load TensorFlow (kit/inference.py)."""
+    if onboard.runs_without_tensorflow(path):
+        model = onboard.load_model(path)
+        classes = onboard.classes_for_model(path, model, labelmap, guess_voc=False)
+        return model, classes, onboard.Predictor
+    runtime.start()  # before TensorFlow loads: a quiet start-up unless --debug (see kit/runtime.py)
+    from kit import inference
+
+    model = inference.load_model(path)
+    return model, inference.classes_for_model(path, model, labelmap), inference.Predictor
 
 
 def main(args) -> list[Path]:
@@ -276,10 +293,9 @@ def main(args) -> list[Path]:
     if args.inputs:  # checked before the model loads: a refused run writes nothing
         files = collect(args.inputs)
         check_outputs(args.inputs, files, Path(args.out))
-    model = inference.load_model(args.model)
-    classes = inference.classes_for_model(args.model, model, args.labelmap)
-    inference.check_classes(model, classes, args.model)
-    predictor = inference.Predictor(model, **config.predictor_options(config.resolve(args, config.INFERENCE)))
+    model, classes, predictor_class = load(args.model, args.labelmap)
+    onboard.check_classes(model, classes, args.model)
+    predictor = predictor_class(model, **config.predictor_options(config.resolve(args, config.INFERENCE)))
     nav = None
     if args.navigation:
         try:

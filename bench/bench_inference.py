@@ -23,6 +23,7 @@ from PIL import Image
 from kit import deploy
 import predict
 from kit import inference
+from kit import onboard
 from model import build_deeplabv3
 
 
@@ -83,7 +84,7 @@ def main(args):
             for kind in (k for k in args.formats.split(",") if k):
                 path = tmp / f"m_{kind}.tflite"
                 path.write_bytes(deploy.tflite_bytes(model, size, kind))
-                lite = inference.TFLiteModel(path)
+                lite = onboard.LiteRTModel(path)
                 (seconds,) = _timed(lambda: lite(x1.numpy()), repeats=args.repeats)
                 row[f"tflite_{kind}_batch1"] = {"images_per_s": round(1 / seconds, 2),
                                                 "latency_ms_per_image": round(1000 * seconds, 1),

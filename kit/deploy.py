@@ -13,18 +13,23 @@ export.py has always taken: float32, float16, int8):
 | tflite_float16 | float16 | `model_float16.tflite` | float16 weights, float32 compute |
 | tflite_dynamic_int8 | int8 | `model_int8.tflite` | int8 weights, activations quantized on the fly |
 | tflite_full_int8 | full_int8 | `model_full_int8.tflite` | int8 weights and activations, calibrated on training images |
+| onnx | onnx | `model.onnx` | (N, size, size, 3) input, any batch; opset ONNX_OPSET, through tf2onnx (Keras' exporter) |
 
 `measure` scores each format on the run's test images with metrics.ConfusionMatrix (the one
 evaluator), its pixel agreement with Keras, and its latency at batch 1 with 1, 2 and all
-threads. TFLite threads are the interpreter's `num_threads`. TensorFlow fixes its thread pools
+threads. TFLite (under LiteRT) and ONNX (under ONNX Runtime's CPU provider) run as the vehicle
+runs them (kit/onboard.py); their threads are the interpreter's `num_threads` and the
+session's intra-op threads. TensorFlow fixes its thread pools
 when its runtime starts, once per process, so Keras and SavedModel are timed in a fresh Python
 process per thread count (`tf.config.threading`: that many intra-op threads, one inter-op).
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
+import warnings
 import statistics
 import subprocess
 import sys
@@ -42,6 +47,7 @@ from kit import atomic
 import metrics
 import pipeline
 from kit import inference
+from kit import onboard
 from kit import runtime
 from kit.data import DataError
 from kit.errors import KitError
@@ -64,8 +70,14 @@ FORMATS = {
     "tflite_float16": Format("float16", "model_float16.tflite", "float16"),
     "tflite_dynamic_int8": Format("int8", "model_int8.tflite", "dynamic_int8"),
     "tflite_full_int8": Format("full_int8", "model_full_int8.tflite", "full_int8"),
+    "onnx": Format("onnx", "model.onnx"),
 }
-PARITY_FLOOR = 0.999  # savedmodel, float32 and float16 must agree with Keras on this many pixels
+GATED = ("savedmodel", "tflite_float32", "tflite_float16", "onnx")  # must agree with Keras on PARITY_FLOOR
+PARITY_FLOOR = 0.999  # of pixels
+# ONNX opset 17 (ONNX 1.12, 2022): the one TensorRT 8.6's release notes target, within what
+# tf2onnx 1.17 writes (up to 18) and ONNX Runtime reads. Read back from the file (onnx_facts).
+ONNX_OPSET = 17
+ONNX_CONVERTER = "tf2onnx==1.17.0 onnx==1.23.2"  # what requirements.txt pins for the conversion
 FULL_INT8_TARGET = {"agreement": 0.99, "mean_iou_drop": 0.01}  # against Keras, and tflite_float32
 THREADS = {"1": 1, "2": 2, "all": os.cpu_count() or 1}
 # Ops allowed to touch float tensors in a full-integer model: the conversions at its edges.
@@ -164,6 +176,54 @@ def _convert(saved_model: str, kinds, calibration, int8_io: bool):
         yield kind, converter.convert()
 
 
+def check_onnx_converter() -> None:
+    """ExportError naming the packages to install when the ONNX converter is missing."""
+    try:
+        import onnx  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError as err:
+        raise ExportError(f"--formats onnx needs the ONNX converter ({err}): pip install {ONNX_CONVERTER} "
+                          f"(or pip install -r requirements.txt), or leave onnx out of --formats") from None
+
+
+def export_onnx(model, path: str | Path, size: int) -> None:
+    """`model` as ONNX at `path`: input "image" (N, size, size, 3) float32, any batch N; output
+    the (N, size, size, C) logits; opset ONNX_OPSET.
+
+    Keras' own exporter (`Model.export(format="onnx")`) traces the inference call and hands it
+    to tf2onnx, with Keras' fixes for NumPy 2 applied to tf2onnx first. Written to a temporary
+    name and renamed into place.
+    """
+    check_onnx_converter()
+    signature = [keras.InputSpec(shape=(None, size, size, 3), dtype="float32", name="image")]
+    with atomic.file(path) as tmp, warnings.catch_warnings():
+        # Keras' NumPy-2 patch of tf2onnx probes np.object, which NumPy warns about, on purpose.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        tf2onnx_log = logging.getLogger("tf2onnx")
+        level = tf2onnx_log.level
+        tf2onnx_log.setLevel(logging.ERROR)  # it logs every rewrite pass at INFO and WARNING
+        try:
+            model.export(str(tmp), format="onnx", input_signature=signature, opset_version=ONNX_OPSET, verbose=False)
+        finally:
+            tf2onnx_log.setLevel(level)
+
+
+def onnx_facts(path: str | Path) -> dict:
+    """What an ONNX file is, read from the file: its opset, producer, and input and output shapes."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+
+    def shape(value):
+        return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+    return {"opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+            "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+            "input": {"name": proto.graph.input[0].name, "shape": shape(proto.graph.input[0])},
+            "output": {"name": proto.graph.output[0].name, "shape": shape(proto.graph.output[0])}}
+
+
 def tflite_bytes(model, size: int, kind: str, calibration: list[np.ndarray] | None = None,
                  int8_io: bool = False) -> bytes:
     """One kind of tflite_files."""
@@ -229,9 +289,11 @@ def predict_masks(model, images: list[np.ndarray]) -> list[np.ndarray]:
     return [predictor.masks(image) for image in images]
 
 
-def tflite_latency(path: str | Path, image: np.ndarray, threads: int, warmup: int, runs: int) -> float:
-    """Median ms of one TFLite call at batch 1 (input conversion included) after warm-up."""
-    model = inference.TFLiteModel(path, num_threads=threads)
+def runtime_latency(path: str | Path, image: np.ndarray, threads: int, warmup: int, runs: int) -> float:
+    """Median ms of one call of a .tflite (LiteRT) or .onnx (ONNX Runtime, CPU provider) model
+    at batch 1 (input conversion included) after warm-up."""
+    model = (onboard.OnnxModel(path, threads, providers=["CPUExecutionProvider"]) if Path(path).suffix == ".onnx"
+             else onboard.LiteRTModel(path, threads))
     return _median_ms(lambda: model(image), warmup, runs)
 
 
@@ -284,10 +346,18 @@ def size_mb(path: str | Path) -> float:
     return total / 2 ** 20
 
 
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def machine() -> dict:
-    """What the latencies were measured on."""
+    """What the latencies were measured on, and with which runtimes."""
     return {"cpu": runtime.cpu_model(), "cores": os.cpu_count(), "features": sorted(runtime.cpu_features()),
-            "onednn": onednn_enabled(), "tensorflow": tf.__version__,
+            "onednn": onednn_enabled(), "tensorflow": tf.__version__, "litert": _version("ai-edge-litert"),
+            "onnxruntime": _version("onnxruntime"),
             "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
 
 
@@ -303,7 +373,7 @@ def measure(files: dict[str, str], classes, test: tuple[list, list], size: int, 
     threads = threads or THREADS
     images, labels = test
     counts = sorted(set(threads.values()))
-    tf_formats = {n: p for n, p in files.items() if not n.startswith("tflite")}
+    tf_formats = {n: p for n, p in files.items() if not onboard.runs_without_tensorflow(p)}
     bar = tqdm(total=len(files) * len(images) + len(counts) * (len(files) - len(tf_formats) + bool(tf_formats)),
                desc="measure", unit="step", disable=not progress, leave=False)
     results, reference = {}, None
@@ -329,9 +399,9 @@ def measure(files: dict[str, str], classes, test: tuple[list, list], size: int, 
             for name, ms in tf_latency(tf_formats, size, count, warmup, runs).items():
                 results[name]["latency_ms"].update({k: round(ms, 2) for k in keys})
             bar.update()
-        for name in (n for n in files if n.startswith("tflite")):
+        for name in (n for n in files if n not in tf_formats):
             bar.set_postfix_str(f"{name}: {count} thread(s)")
-            ms = tflite_latency(files[name], pattern, count, warmup, runs)
+            ms = runtime_latency(files[name], pattern, count, warmup, runs)
             results[name]["latency_ms"].update({k: round(ms, 2) for k in keys})
             bar.update()
     bar.close()
@@ -372,7 +442,8 @@ def markdown(report: dict) -> str:
              f"once). Scores on "
              f"{report['test_images']} test images at {report['size']} px. {m['cpu']}, {m['cores']} cores "
              f"({', '.join(m['features']) or 'no listed features'}), oneDNN {'on' if m['onednn'] else 'off'}, "
-             f"TensorFlow {m['tensorflow']}"
+             f"TensorFlow {m['tensorflow']}, LiteRT {m.get('litert')} (.tflite), ONNX Runtime {m.get('onnxruntime')} "
+             f"(.onnx, CPU provider)"
              + (f"; load average {m['load_average'][0]} when measured." if m.get("load_average") else ".")]
     check = report.get("full_int8")
     if check:
@@ -384,4 +455,9 @@ def markdown(report: dict) -> str:
         integer = "integer-only between its edges" if not ops else f"float tensors: {ops[:5]}"
         notes.append(f"tflite_full_int8: {integer} (interpreter op details); calibrated on {report['calibration_images']} training images; "
                      f"input/output {io}; target ({target}) {'met' if check['meets_target'] else 'NOT met'}.")
+    onnx = report.get("onnx")
+    if onnx:
+        shape = ", ".join("N" if d is None else str(d) for d in onnx["input"]["shape"])
+        notes.append(f"onnx: opset {onnx['opset']}, written by {onnx['producer']}; input {onnx['input']['name']} "
+                     f"({shape}) float32.")
     return "\n".join(head + rows) + "\n" + "\n".join(notes) + "\n"

@@ -261,7 +261,8 @@ def draw_ground_navigation(frame: np.ndarray, result: dict, navigator: ground.Gr
 
 def frame_model(predictor, smooth: float = 0.0, nav: NavigationSpec | None = None
                 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
-    """The per-frame model call for run_stream, from a inference.Predictor.
+    """The per-frame model call for run_stream, from an inference.Predictor (TensorFlow) or an
+    onboard.Predictor (NumPy, for .tflite and .onnx without TensorFlow).
 
     (1, H, W, 3) float32 -> ((H, W) uint8 mask, (H, W, C) float32 probabilities, or None when
     `nav` is not given). Everything per-class happens in the model's graph, on the model's
@@ -273,12 +274,12 @@ def frame_model(predictor, smooth: float = 0.0, nav: NavigationSpec | None = Non
     smooth = check_smooth(smooth)
     if smooth == 0.0 and nav is None:
         return lambda x: (predictor.masks(x)[0], None)
-    average = None  # (1, H, W, C) tf.Tensor, the running average so far
+    average = None  # (1, H, W, C) tf.Tensor or np.ndarray, the running average so far
 
     def call(x):
         nonlocal average
         average, mask = predictor.smoothed(x, average, smooth)
-        return mask[0].numpy(), (average[0].numpy() if nav is not None else None)
+        return np.asarray(mask[0]), (np.asarray(average[0]) if nav is not None else None)
 
     return call
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from kit import config
+from kit import inference
 import download_data
 import evaluate
 import predict
@@ -109,7 +110,7 @@ class _Alternating:
 def test_smoothing_averages_probabilities_over_time():
     """With A = 0.5 frame 1's probabilities are the mean of frames 0 and 1, frame 2's 0.75 / 0.25."""
     nav = video.NavigationSpec("safe", np.zeros(voc.NUM_CLASSES, np.float32))
-    step = video.frame_model(predict.inference.Predictor(_Alternating()), smooth=0.5, nav=nav)
+    step = video.frame_model(inference.Predictor(_Alternating()), smooth=0.5, nav=nav)
     x = np.zeros((1, 16, 18, 3), np.float32)
     seen = [step(x) for _ in range(3)]
     np.testing.assert_allclose([probs[0, 0, :2] for _, probs in seen], [[1.0, 0.0], [0.5, 0.5], [0.75, 0.25]],
@@ -118,7 +119,7 @@ def test_smoothing_averages_probabilities_over_time():
     bigger = step(np.zeros((1, 20, 18, 3), np.float32))  # a new frame size starts afresh: class 1 alone
     np.testing.assert_allclose(bigger[1][0, 0, :2], [0.0, 1.0], rtol=0, atol=1e-6)
     assert int(bigger[0][0, 0]) == 1
-    mask, probs = video.frame_model(predict.inference.Predictor(_Alternating()), smooth=0.5)(x)
+    mask, probs = video.frame_model(inference.Predictor(_Alternating()), smooth=0.5)(x)
     assert probs is None and mask.shape == (16, 18)  # no navigation: no probabilities copied out
 
 
@@ -237,7 +238,7 @@ def test_class_costs_override_by_name_and_bad_ones_are_refused(model_path, clip,
 
 
 def test_plain_stream_gets_masks_from_the_model_and_navigation_gets_probabilities(model_path):
-    predictor = predict.inference.Predictor(predict.inference.load_model(model_path))
+    predictor = inference.Predictor(inference.load_model(model_path))
     x = np.random.default_rng(0).uniform(0, 255, (1, HEIGHT, WIDTH, 3)).astype(np.float32)
     logits = np.asarray(predictor.model(x, training=False))[0]  # (H, W, C)
     mask, probs = video.frame_model(predictor)(x)
