@@ -136,9 +136,12 @@ def load_calibration(path: str | Path) -> tuple[tuple[float, float, float, float
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not a key
     except OSError as err:
         raise GroundError(f"cannot read calibration {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise GroundError(f"calibration {path} is not UTF-8 text ({err.reason} at byte {err.start}): give the "
+                          f"ost.yaml that camera_calibration wrote, or a camera_info JSON file") from None
     if path.suffix.lower() == ".json":
         try:
             info = json.loads(text)
@@ -427,8 +430,10 @@ class ArcPlanner:
     def __init__(self, grid: Grid, profile: str | GridProfile = "safe", vehicle_width: float = 0.4,
                  lookahead: float = 2.0, arcs: int = 15, max_curvature: float = 2.0, turn_weight: float = 0.1):
         self.grid, self.profile = grid, grid_profile(profile)
-        if not vehicle_width > 0:
-            raise GroundError(f"vehicle width must be positive, got {vehicle_width}")
+        if not 0 < vehicle_width < grid.width:
+            # A wider body sweeps cells beyond the grid's sides, whose obstacles it never sees.
+            raise GroundError(f"vehicle width must be positive and narrower than the grid's {grid.width:g} m across "
+                              f"(--grid-size LENGTHxWIDTH), got {vehicle_width} m")
         if not 0 < lookahead <= grid.length:
             raise GroundError(f"lookahead {lookahead} m must be positive and fit in the grid's {grid.length} m")
         arcs = operator.index(arcs)

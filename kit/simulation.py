@@ -56,8 +56,9 @@ class Settings:
     def __post_init__(self):
         if self.episodes < 1 or self.max_steps < 1:
             raise ground.GroundError(f"episodes and max_steps must be >= 1, got {self.episodes}, {self.max_steps}")
-        if not (self.step > 0 and self.course > 0 and self.vehicle_width > 0):
-            raise ground.GroundError("step, course and vehicle_width must be positive")
+        for flag, value in (("--step", self.step), ("--course", self.course), ("--vehicle-width", self.vehicle_width)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ground.GroundError(f"{flag} must be a positive number of metres, got {value}")
 
 
 def ground_truth(image: np.ndarray | None, mask: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from kit import ground
+from kit import simulation
 
 # A camera 1 m up, pitched 45 degrees down, 90 degrees across a 100 x 100 frame: fx = fy = 50,
 # pixel centres at integers, so the principal point is (49.5, 49.5).
@@ -322,3 +323,30 @@ def test_calibration_without_a_camera_matrix_is_refused(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ground.GroundError, match="bad.yaml"):
         ground.load_calibration(path)
+
+
+def test_a_calibration_with_a_byte_order_mark_reads_and_a_binary_one_is_an_error(tmp_path):
+    ost = ("image_width: 128\r\nimage_height: 96\r\ncamera_name: cam\r\ncamera_matrix:\r\n  rows: 3\r\n"
+           "  cols: 3\r\n  data: [60, 0, 64, 0, 60, 48, 0, 0, 1]\r\n")
+    path = tmp_path / "ost.yaml"
+    path.write_bytes("\ufeff".encode("utf-8") + ost.encode())
+    assert ground.load_calibration(path) == ((60.0, 60.0, 64.0, 48.0), (128, 96))
+    path.write_bytes(b"\xff\xd8\xff\xe0 a JPEG, not a calibration")
+    with pytest.raises(ground.GroundError, match=rf"calibration {path} is not UTF-8 text"):
+        ground.load_calibration(path)
+
+
+def test_a_vehicle_wider_than_the_grid_is_refused():
+    """Its body would sweep cells beyond the grid's sides, whose obstacles it never sees: the
+    adventurous profile drove on and collided every step."""
+    with pytest.raises(ground.GroundError, match=r"narrower than the grid's 0.3 m across .*got 0.4 m"):
+        ground.ArcPlanner(ground.Grid(4.0, 0.3, 0.05), "adventurous", vehicle_width=0.4)
+    ground.ArcPlanner(ground.Grid(4.0, 0.6, 0.05), "adventurous", vehicle_width=0.4)
+
+
+@pytest.mark.parametrize("name", ["step", "course", "vehicle_width"])
+@pytest.mark.parametrize("value", [math.inf, math.nan, 0.0])
+def test_simulation_lengths_must_be_finite_and_positive(name, value):
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(ground.GroundError, match=rf"{flag} must be a positive number of metres, got {value}"):
+        simulation.Settings(**{name: value})
