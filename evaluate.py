@@ -27,6 +27,7 @@ from tqdm import tqdm  # noqa: E402
 
 from kit import atomic  # noqa: E402
 from kit import cli  # noqa: E402
+from kit import compare  # noqa: E402
 from kit import config  # noqa: E402
 from kit import data  # noqa: E402
 from kit import figures  # noqa: E402
@@ -107,6 +108,7 @@ def main(args) -> dict:
     report = {**cm.report(classes.names), "num_images": len(pairs), "subset": args.subset,
               "resolution": args.resolution, **options, "output_stride": output_stride,
               "trained_output_stride": trained_stride, "slid_images": predictor.slid, "model": str(model_path),
+              "model_sha256": compare.model_digest(model_path),  # compare.py: is this still the run's model?
               "data_root": str(tree.root), "classes": list(classes.names)}
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / config.RUN_METRICS, json.dumps(report, indent=2) + "\n")

@@ -13,6 +13,7 @@ CompareError naming the runs, never a table whose rows mean different things.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,29 @@ def read_metrics(path: Path) -> dict:
     return metrics
 
 
+def model_digest(path: str | Path) -> str | None:
+    """SHA-256 of a model file (what evaluate.py records in metrics.json as model_sha256), None
+    for a folder (a SavedModel) or a file that is gone."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def check_current(run: Run) -> None:
+    """CompareError if the model metrics.json scored has changed since (training went on and saved a
+    better best.keras): its scores would sit beside the new best epoch as if they were that model's."""
+    recorded, model = run.metrics.get("model_sha256"), run.metrics.get("model")
+    if not (recorded and model):
+        return  # evaluated by an older version of the kit: nothing to check against
+    # The path as evaluate.py was given it, or the file of that name in the run (compare.py run elsewhere).
+    now = model_digest(model) or model_digest(run.path / Path(model).name)
+    if now not in (None, recorded):
+        raise CompareError(f"{run.path / config.RUN_METRICS} scores an earlier version of {model} (the run trained "
+                           f"on after it was evaluated); evaluate it again (python evaluate.py --run-dir {run.path})")
+
+
 def _describe_classes(run_config: dict) -> str:
     names = (run_config.get("classes") or {}).get("names", [])
     return f"{len(names)} classes: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
@@ -141,6 +165,8 @@ def load_runs(paths: list[str | Path]) -> list[Run]:
         if names and list(run.metrics["per_class_iou"]) != names:
             raise CompareError(f"{run.path / config.RUN_METRICS} scores other classes than its config.json; evaluate "
                                f"it again (python evaluate.py --run-dir {run.path})")
+    for run in runs:
+        check_current(run)
     subsets = {run.name: run.metrics["subset"] for run in runs}
     if len(set(subsets.values())) > 1:
         scored = ", ".join(f"{name}: {subset}" for name, subset in subsets.items())

@@ -239,3 +239,18 @@ def test_markdown_tables_escape_pipes_and_right_align_numbers():
     assert tables.markdown(frame) == ("| class | IoU | pixels | note |\n| --- | ---: | ---: | --- |\n"
                                       "| road | 0.5000 | 3 | a\\|b |\n| car | n/a | 0 | n/a |\n")
     assert tables.markdown(frame[["note"]], right=True).splitlines()[1] == "| --- | ---: |"
+
+
+def test_scores_of_an_earlier_model_are_refused(tmp_path, tree):
+    """Training went on after evaluate.py and saved a better best.keras: the old scores must not
+    sit beside the new best epoch as if they were that model's."""
+    run = write_run(tmp_path / "run", tree, [0.5, 0.6], [1.0, 0.9], matrix_of({0: 5}))
+    (run / "best.keras").write_bytes(b"the model evaluate.py scored")
+    report = json.loads((run / config.RUN_METRICS).read_text())
+    report["model_sha256"] = compare.model_digest(run / "best.keras")  # as evaluate.py records it
+    (run / config.RUN_METRICS).write_text(json.dumps(report))
+    compare.compare([run], tmp_path / "out")
+    (run / "best.keras").write_bytes(b"a better model saved by a longer run")
+    with pytest.raises(compare.CompareError, match=rf"scores an earlier version of .*best.keras.*"
+                                                   rf"python evaluate.py --run-dir {run}\)$"):
+        compare.compare([run], tmp_path / "out")
