@@ -723,6 +723,23 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def _images_by_stem(folder: Path, skip_suffix: str | None = None) -> dict[str, Path]:
+    """{name without suffix: image} of the images in `folder` (less names ending in `skip_suffix`).
+
+    An id is a file's name without its suffix, so `x.jpg` and `x.png` (or `x.JPG`) in one
+    folder would be one id, and one of the two would be dropped unseen: a DataError naming both.
+    """
+    found: dict[str, Path] = {}
+    for image in _image_files(folder):
+        if skip_suffix and image.name.endswith(skip_suffix):
+            continue
+        if image.stem in found:
+            raise DataError(f"{found[image.stem]} and {image.name} have the same name before the suffix, so one "
+                            f"of them would be dropped: rename or move one of them (nothing was changed)")
+        found[image.stem] = image
+    return found
+
+
 def _subfolders(folder: Path) -> list[Path]:
     try:
         with os.scandir(folder) as entries:
@@ -793,7 +810,7 @@ class Labelme(Layout):
         (labelme's -1) is not a class; colours are labelme's, the VOC colour map (imgviz)."""
         path = root / self.CLASS_NAMES
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise DataError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
         names = [line.strip() for line in lines if line.strip() and line.strip() != self.IGNORE]
@@ -834,7 +851,7 @@ class ADE20K(Layout):
         """The 150 class names of objectInfo150.txt ("Idx Ratio Train Val Name", tab-separated):
         each line's first synonym ("floor, flooring" -> "floor"), stray spaces stripped."""
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise DataError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
         names = []
@@ -860,8 +877,8 @@ class ADE20K(Layout):
         for name, folder in self.LISTS:
             images = root / "images" / folder
             if images.is_dir():
-                lists[name] = {f"{folder}/{p.stem}": (p, root / "annotations" / folder / f"{p.stem}.png")
-                               for p in _image_files(images)}
+                lists[name] = {f"{folder}/{stem}": (p, root / "annotations" / folder / f"{stem}.png")
+                               for stem, p in _images_by_stem(images).items()}
         return lists
 
 
@@ -922,7 +939,7 @@ class CamVid(Layout):
                 continue
             annot = root / f"{split}annot"
             pairs: Pairs = {}
-            for image in _image_files(root / split):
+            for image in _images_by_stem(root / split).values():
                 # Older copies name an annotation as its image (0001TP_006690.png); the current
                 # repository numbers them apart (train/train_00001.png, trainannot/trainannot_00001.png).
                 same = annot / f"{image.stem}.png"
@@ -965,13 +982,13 @@ class Generic(Layout):
         colours = None
         if text.is_file():
             try:
-                names = [line.strip() for line in text.read_text(encoding="utf-8").splitlines() if line.strip()]
+                names = [line.strip() for line in text.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
             except (OSError, UnicodeDecodeError) as err:
                 raise DataError(f"cannot read {text}: {getattr(err, 'strerror', None) or err}") from None
             _unique_names(names, text)
         elif meta.is_file():
             try:
-                value = json.loads(meta.read_text(encoding="utf-8"))
+                value = json.loads(meta.read_text(encoding="utf-8-sig"))
                 names = [str(n) for n in value["classes"]]
                 if value.get("palette") is not None:
                     colours = tuple(tuple(int(v) for v in c) for c in value["palette"])
@@ -990,9 +1007,9 @@ class Generic(Layout):
     def scan(self, root: Path) -> dict[str, Pairs]:
         images, masks = self._folders(root)
         if not (images / "train").is_dir():
-            return {"train": {p.stem: (p, masks / f"{p.stem}.png") for p in _image_files(images)}}
-        return {split: {f"{split}/{p.stem}": (p, masks / split / f"{p.stem}.png")
-                        for p in _image_files(images / split)}
+            return {"train": {stem: (p, masks / f"{stem}.png") for stem, p in _images_by_stem(images).items()}}
+        return {split: {f"{split}/{stem}": (p, masks / split / f"{stem}.png")
+                        for stem, p in _images_by_stem(images / split).items()}
                 for split in self.LISTS if (images / split).is_dir()}
 
 
@@ -1062,8 +1079,8 @@ class Roboflow(Layout):
         lists = {}
         for name, folder in self.LISTS:
             if (root / folder).is_dir():
-                lists[name] = {f"{folder}/{p.stem}": (p, root / folder / f"{p.stem}{self.MASK_SUFFIX}")
-                               for p in _image_files(root / folder) if not p.name.endswith(self.MASK_SUFFIX)}
+                lists[name] = {f"{folder}/{stem}": (p, root / folder / f"{stem}{self.MASK_SUFFIX}")
+                               for stem, p in _images_by_stem(root / folder, self.MASK_SUFFIX).items()}
         return lists
 
 

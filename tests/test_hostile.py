@@ -1,0 +1,65 @@
+"""Faults found by attacking the data formats from the command line: each test fails without its fix."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from kit import data
+
+
+def _image(path, size=(40, 32)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), 90, np.uint8)).save(path)
+
+
+def _mask(path, size=(40, 32)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = np.zeros((size[1], size[0]), np.uint8)
+    values[:, size[0] // 2:] = 1
+    Image.fromarray(values, mode="L").save(path)
+
+
+BOM = "\ufeff".encode("utf-8")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_class_name(tmp_path):
+    """Notepad saves class_names.txt / classes.txt with a BOM: class 0 must still be "background"
+    (navigation's costs go by name), not "\\ufeff_background_"."""
+    labelme = tmp_path / "labelme"
+    for i in range(4):
+        _image(labelme / "JPEGImages" / f"f{i}.jpg")
+        _mask(labelme / "SegmentationClass" / f"f{i}.png")
+    (labelme / "class_names.txt").write_bytes(BOM + b"_background_\nroad\n")
+    assert data.resolve_tree(labelme).classes.names == ("background", "road")
+
+    generic = tmp_path / "generic"
+    for i in range(4):
+        _image(generic / "images" / f"g{i}.jpg")
+        _mask(generic / "masks" / f"g{i}.png")
+    (generic / "classes.txt").write_bytes(BOM + b"background\nroad\n")
+    assert data.resolve_tree(generic).classes.names == ("background", "road")
+    (generic / "classes.txt").unlink()
+    (generic / "dataset_meta.json").write_bytes(BOM + b'{"classes": ["floor", "wall"]}')
+    assert data.resolve_tree(generic).classes.names == ("floor", "wall")
+
+
+@pytest.mark.parametrize("layout", ["generic", "generic-split", "camvid", "roboflow", "ade20k"])
+def test_two_images_with_one_id_are_refused_not_one_dropped(tmp_path, layout):
+    """x.jpg and x.png in one folder are one id: one of them was silently dropped."""
+    folder = {"generic": "images", "generic-split": "images/train", "camvid": "train", "roboflow": "train",
+              "ade20k": "images/training"}[layout]
+    for i in range(4):
+        _image(tmp_path / folder / f"x{i}.jpg")
+    _image(tmp_path / folder / "x0.png")
+    if layout.startswith("generic"):
+        (tmp_path / "masks" / ("train" if layout == "generic-split" else "")).mkdir(parents=True)
+        (tmp_path / "classes.txt").write_text("background\nroad\n")
+    elif layout == "camvid":
+        (tmp_path / "trainannot").mkdir()
+    elif layout == "roboflow":
+        (tmp_path / "train" / "_classes.csv").write_text("Pixel Value, Class\n0, background\n1, road\n")
+    else:
+        (tmp_path / "annotations" / "training").mkdir(parents=True)
+    tree = data.resolve_tree(tmp_path)
+    with pytest.raises(data.DataError, match=r"x0.jpg and x0.png have the same name before the suffix"):
+        tree.pairs("train")
+
