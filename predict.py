@@ -258,8 +258,11 @@ def predict_files(predictor: onboard.Predictor, files: list[Path], out: Path, cl
             figures.navigation_figure([(image, mask, result)], out / f"{name}_navigation.png", classes,
                                       profile=nav.profile, stop_threshold=nav.stop_threshold)
             headings.append({"image": str(path), **nav.record(result)})
-        classes.save_mask(mask, out / f"{name}_mask.png")
-        Image.fromarray(picture).save(out / f"{name}_overlay.jpg", quality=90)
+        # Through temporary names: a run stopped mid-write leaves the last run's files whole.
+        with atomic.file(out / f"{name}_mask.png") as tmp:
+            classes.save_mask(mask, tmp)
+        with atomic.file(out / f"{name}_overlay.jpg") as tmp:
+            Image.fromarray(picture).save(tmp, format="JPEG", quality=90)
         written.append(out / f"{name}_mask.png")
     if nav is not None:
         atomic.write_text(out / NAVIGATION_LOG, "".join(json.dumps(h) + "\n" for h in headings))

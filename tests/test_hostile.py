@@ -63,3 +63,41 @@ def test_two_images_with_one_id_are_refused_not_one_dropped(tmp_path, layout):
     with pytest.raises(data.DataError, match=r"x0.jpg and x0.png have the same name before the suffix"):
         tree.pairs("train")
 
+
+class _Constant:
+    """A stand-in model: (B, H, W, 3) -> (B, H, W, 2) logits that favour class 1."""
+
+    input_shape, output_shape = (None, None, None, 3), (None, None, None, 2)
+    traceable = False
+
+    def __call__(self, images, training=False):
+        images = np.asarray(images)
+        return np.stack([np.zeros(images.shape[:3], np.float32), np.ones(images.shape[:3], np.float32)], axis=-1)
+
+
+def test_predict_stopped_while_writing_leaves_the_last_runs_files_whole(tmp_path, monkeypatch):
+    """A re-run into the same --out, stopped (Ctrl-C, kill) while a mask is being written, left a
+    truncated NAME_mask.png where the last run's good one was."""
+    import predict
+    from kit import onboard
+
+    _image(tmp_path / "in" / "x.jpg", (48, 40))
+    classes = data.ClassTable(("background", "road"), ((0, 0, 0), (128, 64, 128)))
+    predictor = onboard.Predictor(_Constant())
+    out = tmp_path / "out"
+    predict.predict_files(predictor, [tmp_path / "in" / "x.jpg"], out, classes)
+    good = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(good) == {"x_mask.png", "x_overlay.jpg"}
+
+    real_save = Image.Image.save
+
+    def stopped(self, fp, *args, **kwargs):  # half a file written, then the process is stopped
+        real_save(self, fp, *args, **kwargs)
+        with open(fp, "r+b") as f:
+            f.truncate(20)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        predict.predict_files(predictor, [tmp_path / "in" / "x.jpg"], out, classes)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == good
