@@ -163,9 +163,9 @@ def load_model(path: str | Path, num_threads: int | None = None):
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"no model at {path}; export one first (python export.py) or pass --model")
-    if path.suffix not in SUFFIXES:
+    if path.suffix.lower() not in SUFFIXES:
         raise ModelFileError(f"{path}: without TensorFlow only .tflite and .onnx files run (export.py writes them)")
-    loader = LiteRTModel if path.suffix == ".tflite" else OnnxModel
+    loader = LiteRTModel if path.suffix.lower() == ".tflite" else OnnxModel
     try:
         return loader(path, num_threads)
     except (ModelFileError, RuntimeMissing):
@@ -177,7 +177,7 @@ def load_model(path: str | Path, num_threads: int | None = None):
 
 def runs_without_tensorflow(path: str | Path) -> bool:
     """Whether load_model here runs this model file (else it needs kit/inference.py)."""
-    return Path(path).suffix in SUFFIXES
+    return Path(path).suffix.lower() in SUFFIXES  # MODEL.ONNX from a FAT card too
 
 
 # ----------------------------------------------------------------------------- classes and images

@@ -101,3 +101,13 @@ def test_predict_stopped_while_writing_leaves_the_last_runs_files_whole(tmp_path
     with pytest.raises(KeyboardInterrupt):
         predict.predict_files(predictor, [tmp_path / "in" / "x.jpg"], out, classes)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == good
+
+
+def test_an_upper_case_model_suffix_runs_without_tensorflow(tmp_path):
+    from kit import onboard
+
+    model = tmp_path / "MODEL.ONNX"  # as a FAT-formatted SD card may show it
+    model.write_bytes(b"not a model")
+    assert onboard.runs_without_tensorflow(model)
+    with pytest.raises(onboard.ModelFileError, match="cannot be loaded as a model"):
+        onboard.load_model(model)  # reaches ONNX Runtime, which names the broken file
