@@ -61,11 +61,12 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_FILE
-        self._file = None
+        self._file, self._created = None, False
 
     def __enter__(self):
         import fcntl  # POSIX; TensorFlow's supported platforms for training are Linux, macOS and WSL
 
+        self._created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")
         try:
@@ -85,6 +86,11 @@ class RunLock:
 
     def __exit__(self, *exc):
         if self._file is not None:
+            # A run refused before it wrote anything (bad data, bad settings) leaves no folder
+            # behind that it made: only the lock would be in it.
+            if self._created and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+                self.path.unlink()
+                self.path.parent.rmdir()
             self._file.close()  # closing releases the lock
             self._file = None
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kit import config
+from kit import data
 import evaluate
 import export
 import predict
@@ -62,7 +63,19 @@ def test_fresh_on_a_new_run_directory_just_starts(tmp_path):
     run_dir = tmp_path / "eval" / "demo"  # the quick start's `train.py --demo --fresh` on a clean clone
     with training.RunLock(run_dir):  # train.py takes the lock, then discards
         assert training.discard_run(run_dir) == []
-    assert [p.name for p in run_dir.iterdir()] == [training.LOCK_FILE]
+        assert [p.name for p in run_dir.iterdir()] == [training.LOCK_FILE]
+
+
+def test_a_run_refused_before_writing_leaves_no_folder_it_made(data_dir, tmp_path):
+    run_dir = tmp_path / "new_run"
+    with pytest.raises(data.DataError):
+        train.main(train.parse_args(tiny_argv(tmp_path / "no_data_here", run_dir, "--dataset", "voc")))
+    assert not run_dir.exists()
+    kept = tmp_path / "kept"  # a folder the user made is left as it was
+    kept.mkdir()
+    with training.RunLock(kept):
+        pass
+    assert kept.is_dir()
 
 
 def test_fresh_removes_only_the_run_files(run_copy):
