@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import tiny_argv
+from conftest import read_video, tiny_argv
 from kit import cli
 from kit import deploy
 from kit import inference
@@ -200,19 +200,7 @@ def test_video_with_navigation_without_tensorflow_matches_the_tensorflow_path(ex
         # Probabilities agree to float32 rounding of the softmax (the last of six decimals may differ).
         assert mine["sector_costs"] == pytest.approx(theirs["sector_costs"], abs=2e-6)
     assert len({k for r in car for k, v in r["class_fractions"].items() if v}) >= 2
-    assert len(_frames(tmp_path / "car" / "drive_overlay.mp4")) == CLIP_FRAMES
-
-
-def _frames(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames
+    assert len(read_video(tmp_path / "car" / "drive_overlay.mp4")[0]) == CLIP_FRAMES
 
 
 def test_navigation_on_images_without_tensorflow(exported, blocker, inputs, tmp_path):

@@ -21,6 +21,8 @@ from kit import video
 from kit import voc
 from kit.data import ClassTable
 
+from conftest import read_video  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 FRAMES, WIDTH, HEIGHT, FPS = 10, 64, 48, 12.0
@@ -41,15 +43,7 @@ def clip(tmp_path_factory) -> Path:
 
 
 def _frames(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    capture.release()
+    frames, fps = read_video(path)
     assert fps == pytest.approx(FPS)
     return frames
 
