@@ -142,7 +142,10 @@ class _Worker(threading.Thread):
     def run(self):
         if self.nice and sys.platform.startswith("linux"):
             try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+                # Relative to the thread's own niceness (inherited from the process: a service
+                # started with Nice=10 must still give the writer less than the model).
+                me = threading.get_native_id()
+                os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + self.nice))
             except OSError as err:  # a sandbox that forbids it: the stream still works, only slower
                 warnings.warn(f"could not lower the priority of the {self.name} thread ({err}); the video loop "
                               f"may run slower than the model alone", RuntimeWarning, stacklevel=1)
