@@ -39,7 +39,7 @@ request and rewrites nothing.
 resumable, verified by its SHA-1, safe extraction (the zip's members are checked as the tar's
 are) into data_dir/ADEChallengeData2016/, used in place when already there. Cityscapes and
 CamVid need an account or have no stable host: train.py reads them where they lie (see
-docs/datasets.md).
+docs/data.md).
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ TRAIN: dict[str, Setting] = {
     "data_dir": Setting("data", "where the data tree is (or, for synthetic data, goes)", metavar="PATH"),
     # Not an identity key: the format found is, as data_kind (DATA_KEYS).
     "format": Setting("auto", "the data set's layout at --data-dir: auto recognises it; or force one (see "
-                      "docs/datasets.md)", choices=("auto", *data.FORMATS)),
+                      "docs/data.md)", choices=("auto", *data.FORMATS)),
     "labelmap": Setting(None, "a CVAT labelmap.txt declaring the classes of a VOC-layout tree (or of image + mask "
                         "folders)", metavar="FILE",
                         identity=True),

@@ -15,7 +15,7 @@ its masks are decoded by colour whatever their PNG mode, so a mask whose palette
 another order, or an RGB mask, reads the same (Tree, ClassTable). Its subsets come from every
 split list it gives (splits_of: train.txt, val.txt, test.txt, trainval.txt or CVAT's default.txt).
 
-The other formats (LAYOUTS; docs/datasets.md) are read where they lie, lists from their own
+The other formats (LAYOUTS; docs/data.md) are read where they lie, lists from their own
 folders (LayoutTree, split_given): labelme's output (VOC colours, class_names.txt, no lists),
 ADE20K SceneParsing, Cityscapes, CamVid in SegNet's layout, mmsegmentation's custom layout and
 Roboflow's mask export. Those whose masks hold ids decode them by value (ValueTable: ADE20K's
