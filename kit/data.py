@@ -85,6 +85,7 @@ class ClassTable:
     colours: tuple[Colour, ...]
     ignore_colours: tuple[Colour, ...] = ()
     _lookup: dict = field(default=None, init=False, repr=False, compare=False)
+    _grey_classes: dict = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.names:
@@ -106,6 +107,11 @@ class ClassTable:
         order = sorted(codes)
         object.__setattr__(self, "_lookup", {"codes": np.array(order, np.int64),
                                              "labels": np.array([codes[k] for k in order], np.int16)})
+        # Grayscale values above the class indices that are a declared class's grey colour (a
+        # class coloured white in a 0/255 mask): {value: class}, for decode's L-mode branch.
+        grey = self._labels_of(np.repeat(np.arange(256)[:, None], 3, axis=1))  # (256,) label of (v, v, v)
+        object.__setattr__(self, "_grey_classes", {
+            v: int(grey[v]) for v in range(self.num_classes, 256) if 0 <= grey[v] != voc.IGNORE_LABEL})
 
     @property
     def num_classes(self) -> int:
@@ -224,10 +230,8 @@ class ClassTable:
             # Values are class indices, and 255 is ignored; but a grey value that is a declared
             # class colour means that class (a binary mask saved as 0/255 with a class coloured
             # white): a declared class wins over the ignore value.
-            grey = self._labels_of(np.repeat(np.arange(256)[:, None], 3, axis=1))  # (256,) label of (v, v, v)
-            for v in range(self.num_classes, 256):
-                if grey[v] >= 0 and grey[v] != voc.IGNORE_LABEL and (values == v).any():
-                    values = np.where(values == v, int(grey[v]), values)
+            for v, label in self._grey_classes.items():
+                values[values == v] = label
             bad = (values >= self.num_classes) & (values != voc.IGNORE_LABEL) | (values < 0)
             if bad.any():
                 found, counts = np.unique(values[bad], return_counts=True)
