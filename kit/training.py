@@ -61,12 +61,13 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_FILE
-        self._file, self._created = None, False
+        self._file, self._created, self._new_lock = None, False, False
 
     def __enter__(self):
         import fcntl  # POSIX; TensorFlow's supported platforms for training are Linux, macOS and WSL
 
         self._created = not self.path.parent.exists()
+        self._new_lock = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")
         try:
@@ -86,11 +87,13 @@ class RunLock:
 
     def __exit__(self, *exc):
         if self._file is not None:
-            # A run refused before it wrote anything (bad data, bad settings) leaves no folder
-            # behind that it made: only the lock would be in it.
-            if self._created and [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+            # A run refused before it wrote anything (bad data, bad settings) leaves nothing it
+            # made: not its lock in the user's folder, not the folder if it made that too.
+            folder = self.path.parent
+            if self._new_lock and not any((folder / name).exists() for name in RUN_FILES):
                 self.path.unlink()
-                self.path.parent.rmdir()
+                if self._created and not any(folder.iterdir()):
+                    folder.rmdir()
             self._file.close()  # closing releases the lock
             self._file = None
 

@@ -71,11 +71,12 @@ def test_a_run_refused_before_writing_leaves_no_folder_it_made(data_dir, tmp_pat
     with pytest.raises(data.DataError):
         train.main(train.parse_args(tiny_argv(tmp_path / "no_data_here", run_dir, "--dataset", "voc")))
     assert not run_dir.exists()
-    kept = tmp_path / "kept"  # a folder the user made is left as it was
+    kept = tmp_path / "kept"  # a folder the user made is left as it was: no lock file left in it
     kept.mkdir()
-    with training.RunLock(kept):
-        pass
-    assert kept.is_dir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(training.RunError, match="holds no train.py run"):
+        train.main(train.parse_args(tiny_argv(data_dir, kept, "--fresh", "--epochs", "1")))
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
 
 
 def test_fresh_removes_only_the_run_files(run_copy):
