@@ -87,7 +87,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
-DILATED_CONV_KERNELS = ("auto", "native", "portable", "keras")
+DILATED_CONV_KERNELS = ("auto", "native", "taps", "portable", "keras")
 # Which kernel DilatedConv2D uses; "auto" decides by capability (see dilated_conv_kernel).
 DILATED_CONV_ENV = "DEEPLAB_DILATED_CONV"
 
@@ -104,20 +104,26 @@ def onednn_enabled() -> bool:
 
 
 def dilated_conv_kernel(dtype: str = "float32") -> str:
-    """The kernel DilatedConv2D runs here for `dtype` inputs: "native", "portable" or "keras".
+    """The kernel DilatedConv2D trains with here for `dtype` inputs: "native", "taps",
+    "portable" or "keras".
 
     native: one `tf.nn.conv2d(dilations=r)`, forward and gradients. It needs a GPU, or oneDNN
         on CPU: TensorFlow's other CPU kernels (Eigen) compute the dilated forward pass but
         refuse its gradients ("Current CPU implementations do not yet support dilation rates
         larger than 1"), and so does oneDNN for bfloat16 on a CPU without bfloat16 instructions.
-    portable: the same native forward pass (every backend has it) with gradients of our own
-        (`portable_dilated_conv2d`); runs on any CPU.
+    taps: the conv as one matmul per kernel tap, each over only the rows and columns where
+        that tap reads inside the image (`tap_dilated_conv2d`); forward and kernel gradient
+        that way, the input gradient native where TensorFlow has it, else by taps too. At
+        ASPP's rates most taps of a 24x24 map read padding, which native kernels compute.
+    portable: the native forward pass with the gradients of `portable_dilated_conv2d`.
     keras: Keras's stock path (SpaceToBatchND around an ordinary conv); runs everywhere but
         its gradient is slow at large rates (16 s for ASPP's rate-18 branch at 384 px, batch 4).
-    "auto" takes native on a GPU and on AVX-512 CPUs with oneDNN (where it was measured, at
-    1.0-1.13 images/s for training at 384 px), portable on every other CPU: without oneDNN it is
-    the only fast choice (0.56 images/s against keras's 0.145 on an AVX2 EPYC), and with
-    oneDNN on that AVX2 CPU it beat native in every paired run (1.06-1.17x).
+    "auto" takes native on a GPU and taps on every CPU: with ASPP's three branches forward and
+    backward at 384 px, batch 4, on a Xeon with AMX, taps took 0.15 s against native's 0.43 s
+    in bfloat16 and 0.43 s against 0.59 s in float32 with oneDNN, and 0.67 s against
+    portable's 0.80 s without oneDNN (docs/performance.md).
+    Inference (training=False) runs the native forward pass with every kernel but keras, so
+    exported graphs hold one dilated conv rather than taps.
     The environment variable DEEPLAB_DILATED_CONV forces one (benchmarks and tests do).
     """
     forced = os.environ.get(DILATED_CONV_ENV, "auto")
@@ -127,10 +133,7 @@ def dilated_conv_kernel(dtype: str = "float32") -> str:
         return forced
     if tf.config.list_physical_devices("GPU"):
         return "native"
-    features = runtime.cpu_features()
-    if "avx512f" in features and native_dilated_gradients(dtype):
-        return "native"
-    return "portable"
+    return "taps"
 
 
 def native_dilated_gradients(dtype: str = "float32") -> bool:
@@ -189,6 +192,67 @@ def portable_dilated_conv2d(x, kernel, rate):
     return conv(x, kernel)
 
 
+def _size(x, axis: int):
+    """x's size along `axis`: a Python int when the graph knows it, else a scalar tensor."""
+    static = x.shape[axis]
+    return static if static is not None else tf.shape(x)[axis]
+
+
+def _taps_conv(x, kernel, rate):
+    """Sum over taps of (x cut to where the tap reads inside the image) @ kernel[tap], each
+    padded back to the full map. x: (B, H, W, C_in), kernel: (kh, kw, C_in, C_out), odd
+    kernel, stride 1, "same" -> (B, H, W, C_out). A tap that reads only padding is skipped when
+    the map's size is known, and multiplies an empty slice when it is not."""
+    kh, kw = kernel.shape[:2]
+    h, w = _size(x, 1), _size(x, 2)
+    ph, pw = rate[0] * (kh - 1) // 2, rate[1] * (kw - 1) // 2
+    parts = []
+    for i in range(kh):
+        di = i * rate[0] - ph
+        for j in range(kw):
+            dj = j * rate[1] - pw
+            y0, x0 = max(0, -di), max(0, -dj)
+            y1, x1 = tf.maximum(h - max(0, di), y0), tf.maximum(w - max(0, dj), x0)
+            if isinstance(y1, int) and isinstance(x1, int) and (y1 == y0 or x1 == x0):
+                continue  # statically known to read only padding
+            part = tf.einsum("bhwc,cf->bhwf", x[:, y0 + di:y1 + di, x0 + dj:x1 + dj, :], kernel[i, j])
+            # Pad back to (H, W); an empty part (a tap past the edge, |offset| >= size) starts
+            # at the edge so that the padding stays non-negative.
+            top, left = tf.minimum(y0, h), tf.minimum(x0, w)
+            parts.append(tf.pad(part, [[0, 0], [top, h - top - (y1 - y0)], [left, w - left - (x1 - x0)], [0, 0]]))
+    if not parts:  # every tap reads padding: the output is zeros
+        return tf.zeros(tf.concat([tf.shape(x)[:3], [kernel.shape[-1]]], 0), x.dtype)
+    return tf.add_n(parts)
+
+
+def tap_dilated_conv2d(x, kernel, rate, native_input_gradient: bool):
+    """A stride-1 "same" dilated conv with an odd kernel, computed tap by tap in bounds.
+
+    Forward and kernel gradient are one matmul per tap over the rows and columns where the tap
+    reads inside the image (`_taps_conv`, `_filter_gradient`). The input gradient is the
+    native Conv2DBackpropInput when `native_input_gradient` (oneDNN or a GPU have one; with
+    oneDNN and bfloat16 it was 6x faster than the native forward pass of the same shape),
+    else `_taps_conv` of dy with the kernel flipped and its channels swapped.
+    x: (B, H, W, C_in), kernel: (kh, kw, C_in, C_out) -> (B, H, W, C_out).
+    """
+    rate = list(rate)
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(dy):
+            if native_input_gradient:
+                dx = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, strides=[1, 1, 1, 1],
+                    padding="SAME", dilations=[1, *rate, 1])
+            else:
+                dx = _taps_conv(dy, tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2]), rate)
+            return dx, _filter_gradient(x, dy, kernel.shape[:2], rate)
+
+        return _taps_conv(x, kernel, rate), grad
+
+    return conv(x, kernel)
+
+
 @keras.saving.register_keras_serializable(package="deeplab")
 class DilatedConv2D(layers.Conv2D):
     """A Conv2D whose dilated (atrous) case runs as one native convolution where it can.
@@ -199,21 +263,35 @@ class DilatedConv2D(layers.Conv2D):
     `tf.nn.conv2d` with `dilations` reaches oneDNN's (or cuDNN's) dilated kernel directly.
     Measured on ASPP's three branches (24x24x2048 -> 256, batch 4, forward and backward,
     AVX-512 CPU with oneDNN): 0.77 s against 3.46 s in float32, 0.42 s against 2.39 s in
-    bfloat16. The kernel is chosen when the layer is traced (`dilated_conv_kernel`), not
-    saved: the weights, config and `.keras` file are Conv2D's, whichever kernel ran.
+    bfloat16. In training, CPUs go further with `tap_dilated_conv2d`, which skips the taps
+    that read padding. The kernel is chosen when the layer is traced (`dilated_conv_kernel`),
+    not saved: the weights, config and `.keras` file are Conv2D's, whichever kernel ran.
     """
 
+    def call(self, inputs, training=None):
+        # Conv2D.call, with the kernel chosen by `training` (Keras passes it in a training step).
+        outputs = self._convolve(inputs, self.kernel, bool(training))
+        if self.use_bias:
+            outputs = ops.add(outputs, ops.reshape(self.bias, (1, 1, 1, self.filters)))
+        return self.activation(outputs) if self.activation is not None else outputs
+
     def convolution_op(self, inputs, kernel):
+        return self._convolve(inputs, kernel, training=False)
+
+    def _convolve(self, inputs, kernel, training: bool):
         if self.data_format != "channels_last" or max(self.dilation_rate) == 1:
             return super().convolution_op(inputs, kernel)
         choice = dilated_conv_kernel(self.compute_dtype)
-        if choice == "native":
+        # Tap-shaped kernels need a stride-1 "same" conv with an odd kernel (ASPP's and conv5's).
+        by_taps = (self.padding == "same" and max(self.strides) == 1 and all(k % 2 for k in self.kernel_size))
+        if choice == "taps" and training and by_taps:
+            return tap_dilated_conv2d(inputs, tf.convert_to_tensor(kernel), self.dilation_rate,
+                                      native_input_gradient=native_dilated_gradients(self.compute_dtype))
+        if choice == "portable" and by_taps:
+            return portable_dilated_conv2d(inputs, tf.convert_to_tensor(kernel), self.dilation_rate)
+        if choice in ("native", "taps"):  # taps infers with the native forward pass
             return tf.nn.conv2d(inputs, kernel, strides=list(self.strides), padding=self.padding.upper(),
                                 dilations=list(self.dilation_rate))
-        portable = (choice == "portable" and self.padding == "same" and max(self.strides) == 1
-                    and all(k % 2 for k in self.kernel_size))
-        if portable:
-            return portable_dilated_conv2d(inputs, tf.convert_to_tensor(kernel), self.dilation_rate)
         return super().convolution_op(inputs, kernel)
 
 

@@ -168,8 +168,16 @@ def machine() -> dict:
             "mkldnn": torch.backends.mkldnn.is_available(), "python": platform.python_version()}
 
 
-def train_rate(layout: str, size: int, batch: int, steps: int) -> float:
-    """Training images/s of a fresh DeepLabV3 in `layout` on random data, after two warm-up steps."""
+PRECISIONS = ("float32", "bfloat16")
+
+
+def train_rate(layout: str, size: int, batch: int, steps: int, precision: str = "float32") -> float:
+    """Training images/s of a fresh DeepLabV3 in `layout` on random data, after two warm-up steps.
+
+    precision "bfloat16" is PyTorch's recipe for it: float32 weights and optimizer, the forward
+    pass and loss under `torch.autocast("cpu", dtype=torch.bfloat16)` (convs and matmuls in
+    bfloat16, batch norm and the loss as autocast decides), backward outside it.
+    """
     fmt = LAYOUTS[layout]
     torch.manual_seed(0)
     model = DeepLabV3().to(memory_format=fmt).train()
@@ -179,9 +187,13 @@ def train_rate(layout: str, size: int, batch: int, steps: int) -> float:
     y = torch.randint(0, NUM_CLASSES, (batch, size, size))
     y[torch.rand(batch, size, size) < 0.05] = IGNORE  # some "void" pixels, as in VOC's borders
 
+    autocast = precision == "bfloat16"
+
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(model(x), y)
+        loss.backward()
         optimizer.step()
 
     for _ in range(2):
@@ -198,6 +210,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=4, help="timed training steps per layout")
     p.add_argument("--layouts", default="nchw,channels_last", help=f"comma-separated, of {', '.join(LAYOUTS)}")
+    p.add_argument("--precisions", default="float32", help=f"comma-separated, of {', '.join(PRECISIONS)}")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
@@ -205,6 +218,10 @@ def parse_args(argv=None):
     unknown = [s for s in args.layouts if s not in LAYOUTS]
     if unknown:
         p.error(f"unknown layout(s) {unknown}; choose from {list(LAYOUTS)}")
+    args.precisions = [s for s in args.precisions.split(",") if s]
+    unknown = [s for s in args.precisions if s not in PRECISIONS]
+    if unknown:
+        p.error(f"unknown precision(s) {unknown}; choose from {list(PRECISIONS)}")
     if args.batch_size < 2:
         # Training-mode batch norm after image pooling sees one value per channel at batch 1.
         p.error("--batch-size must be at least 2 (ASPP's image-pooling batch norm needs it in training)")
@@ -217,10 +234,12 @@ def main(args):
               "parameters": sum(p.numel() for p in DeepLabV3().parameters()),
               "size": args.size, "batch_size": args.batch_size, "runs": []}
     print(f"parameters: {result['parameters']:,}", file=sys.stderr, flush=True)
-    for layout in args.layouts:
-        run = {"layout": layout, "images_per_s": round(train_rate(layout, args.size, args.batch_size, args.steps), 3)}
-        print(run, file=sys.stderr, flush=True)
-        result["runs"].append(run)
+    for precision in args.precisions:
+        for layout in args.layouts:
+            rate = train_rate(layout, args.size, args.batch_size, args.steps, precision)
+            run = {"precision": precision, "layout": layout, "images_per_s": round(rate, 3)}
+            print(run, file=sys.stderr, flush=True)
+            result["runs"].append(run)
     emit(result, args.out)
 
 

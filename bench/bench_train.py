@@ -10,7 +10,7 @@ and batch. FLOPs are counted two ways (bench/flops.py): every kernel tap (the us
 `fraction_of_matmul_peak`) and only taps that read real input rather than "same" padding
 (`fraction_in_bounds`, the stricter figure: ASPP's wide rates mostly read padding).
 At `--kernel-sizes`, float32 training also runs with each dilated-conv kernel
-(model.dilated_conv_kernel: native, portable, keras) with oneDNN on and off
+(model.dilated_conv_kernel: native, taps, portable, keras) with oneDNN on and off
 (TF_ENABLE_ONEDNN_OPTS=1/0), so one run shows both paths on the machine it runs on; a kernel
 TensorFlow cannot run there (native without oneDNN or a GPU) is reported as unsupported.
 The other configurations run as train.py does (oneDNN asked for on x86, kit/runtime.py).
@@ -44,8 +44,8 @@ from chapter_model import build_chapter_deeplabv3  # noqa: E402
 from flops import forward_flops  # noqa: E402
 
 # (dilated-conv kernel, TF_ENABLE_ONEDNN_OPTS) pairs compared at --kernel-sizes.
-KERNEL_CONFIGS = (("native", "1"), ("native", "0"), ("portable", "1"), ("portable", "0"), ("keras", "1"),
-                  ("keras", "0"))
+KERNEL_CONFIGS = (("native", "1"), ("native", "0"), ("taps", "1"), ("taps", "0"), ("portable", "1"),
+                  ("portable", "0"), ("keras", "1"), ("keras", "0"))
 
 
 def matmul_peak(dtype: str, n: int = 4096, repeats: int = 6) -> float:
@@ -182,6 +182,8 @@ def ratios(runs: list[dict]) -> dict:
              "product_over_chapter": (as_train_py, ("chapter", "float32", False, None)),
              "native_over_keras_onednn_on": (forced("native", True), forced("keras", True)),
              "portable_over_keras_onednn_off": (forced("portable", False), forced("keras", False)),
+             "taps_over_native_onednn_on": (forced("taps", True), forced("native", True)),
+             "taps_over_portable_onednn_off": (forced("taps", False), forced("portable", False)),
              "train_py_over_keras_onednn_off": (as_train_py, forced("keras", False))}
     by = {(r["size"], key(r)): r["images_per_s"] for r in runs if "images_per_s" in r}
     return {f"{size}px": {name: round(by[size, top] / by[size, bottom], 2)

@@ -109,7 +109,7 @@ def write_serving_archive(model, path: str | Path, size: int | None = None) -> N
     """A SavedModel at `path` whose `serve(image)` returns the model's logits.
 
     Input (1, size, size, 3) float32, or (None, None, None, 3) when `size` is None. Inference
-    only: the gradient functions of custom-gradient layers (the portable dilated conv) are
+    only: the gradient functions of custom-gradient layers (a dilated conv forced to the portable kernel) are
     not traced into it, which also keeps a ResNet-50 export about 15 s shorter here.
     """
     shape = (1, size, size, 3) if size else (None, None, None, 3)
@@ -147,8 +147,9 @@ def tflite_files(model, size: int, kinds, calibration: list[np.ndarray] | None =
         raise ValueError(f"unknown TFLite kinds {sorted(unknown)}")
     if "full_int8" in kinds and not calibration:
         raise ValueError("full-integer quantization needs calibration images")
-    # Loading the archive warns once per conversion that the portable dilated conv's custom
-    # gradients were not saved; they were left out on purpose (write_serving_archive).
+    # Loading the archive warns once per conversion that a custom-gradient layer's gradients (a
+    # dilated conv forced to the portable kernel) were not saved; they were left out on purpose
+    # (write_serving_archive).
     absl = logging.getLogger("absl")
     level = absl.level
     with tempfile.TemporaryDirectory() as tmp:

@@ -161,7 +161,7 @@ def test_every_batch_norm_is_fused(models):
     assert all(isinstance(n, deeplab.FusedBatchNormalization) for n in norms)
 
 
-KERNELS = ["native", "portable", "keras"]
+KERNELS = ["native", "taps", "portable", "keras"]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -187,7 +187,7 @@ def test_dilated_conv_matches_keras_conv_with_gradients(monkeypatch, kernel, rat
         def step(x):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                y = layer(x)
+                y = layer(x, training=True)  # as in a training step: taps trains, infers natively
                 loss = tf.reduce_sum(y * tf.cos(y))
             return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
 
