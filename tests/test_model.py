@@ -197,6 +197,52 @@ def test_dilated_conv_matches_keras_conv_with_gradients(monkeypatch, kernel, rat
     assert deeplab.DilatedConv2D.from_config(dilated.get_config()).get_config() == dilated.get_config()
 
 
+def test_pointwise_conv_trains_by_matmul_in_bfloat16_with_conv2d_gradients(monkeypatch):
+    """A 1x1 conv with enough channels, in a mixed-bfloat16 training step, takes the matmul
+    kernel gradient and gives Conv2D's output and gradients (to bfloat16 rounding)."""
+    monkeypatch.delenv(deeplab.DILATED_CONV_ENV, raising=False)
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the matmul kernel gradient is for CPUs")
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 6, 5, 128)).astype("float32"))
+    plain = keras.layers.Conv2D(128, 1, dtype="mixed_bfloat16")
+    pointwise = deeplab.PointwiseConv2D(128, 1, dtype="mixed_bfloat16")
+    for layer in (plain, pointwise):
+        layer.build(x.shape)
+    plain.set_weights(pointwise.get_weights())
+    assert deeplab.matmul_gradient_applies(pointwise, True)
+    assert not deeplab.matmul_gradient_applies(pointwise, False)  # inference is Conv2D's
+    used, original = [], deeplab.matmul_gradient_conv1x1
+    monkeypatch.setattr(deeplab, "matmul_gradient_conv1x1", lambda *a: used.append(1) or original(*a))
+    results = []
+    for layer in (plain, pointwise):
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = tf.cast(layer(x, training=True), tf.float32)
+                loss = tf.reduce_sum(y * tf.cos(y))
+            return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
+
+        results.append([np.asarray(tf.cast(t, tf.float32)) for t in step(x)])
+    assert used, "the bfloat16 training step did not take the matmul kernel gradient"
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * np.abs(a).max())
+
+
+def test_resnet_1x1_convs_are_pointwise_and_the_model_reloads(tmp_path):
+    model = deeplab.build_deeplabv3((64, 64, 3), backbone_weights=None, aspp_filters=32)
+    pointwise = [layer.name for layer in model.layers if isinstance(layer, deeplab.PointwiseConv2D)]
+    assert "conv4_block2_1_conv" in pointwise and "conv5_block1_0_conv" in pointwise
+    assert "conv1_conv" not in pointwise and "conv3_block1_0_conv" not in pointwise  # 7x7; stride 2
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert type(loaded.get_layer("conv4_block2_1_conv")) is deeplab.PointwiseConv2D
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_dilated_kernel_setting_is_an_error(monkeypatch):
     monkeypatch.setenv(deeplab.DILATED_CONV_ENV, "fast")
     with pytest.raises(ValueError, match="fast"):
