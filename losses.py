@@ -40,13 +40,13 @@ def dataset_class_weights(pixel_counts) -> list[float]:
     return [1.0 - c / total for c in counts]
 
 
-def _onehot(y_true, num_classes: int):
-    """(B, H, W, C) float32 one-hot labels, all zero at invalid pixels."""
+def _labels(y_true, num_classes: int):
+    """(B, H, W) int32 labels with invalid pixels set to class 0, and (B, H, W) float32 1 where valid."""
     labels = ops.cast(y_true, "int32")
     if len(labels.shape) == 4:  # (B, H, W, 1) from some pipelines
         labels = ops.squeeze(labels, axis=-1)
     valid = ops.logical_and(labels >= 0, labels < num_classes)
-    return ops.one_hot(ops.where(valid, labels, 0), num_classes) * ops.cast(valid, "float32")[..., None]
+    return ops.where(valid, labels, 0), ops.cast(valid, "float32")
 
 
 def _frequency_weights(n_c):
@@ -57,36 +57,51 @@ def _frequency_weights(n_c):
     return ops.where(present > 1.0, w_c, ops.ones_like(w_c))
 
 
-def pixel_weights(onehot, mode: str = "image", dataset_weights=None):
-    """(B, H, W) float32 weight of every pixel (0 at invalid ones) under a class-weight mode."""
+def _weights(labels, valid, num_classes: int, mode: str, dataset_weights=None):
+    """(B, H, W) float32 weight of every pixel (0 at invalid ones), from clean labels and the valid mask."""
     if mode == "none":
-        return ops.sum(onehot, axis=-1)
+        return valid
     if mode == "dataset":
         if dataset_weights is None:
             raise ValueError("class_weights='dataset' needs the data set's class weights")
         w_c = ops.convert_to_tensor(dataset_weights, "float32")[None, :]  # (1, C)
-    elif mode == "image":
-        w_c = _frequency_weights(ops.sum(onehot, axis=(1, 2)))  # (B, C)
-    elif mode == "batch":
-        w_c = _frequency_weights(ops.sum(onehot, axis=(0, 1, 2))[None, :])  # (1, C)
+    elif mode in ("image", "batch"):
+        flat = ops.reshape(labels, (ops.shape(labels)[0], -1))  # (B, H*W)
+        counts = ops.bincount(flat, weights=ops.reshape(valid, ops.shape(flat)), minlength=num_classes)  # (B, C)
+        if mode == "batch":
+            counts = ops.sum(counts, axis=0, keepdims=True)  # (1, C)
+        w_c = _frequency_weights(ops.cast(counts, "float32"))
     else:
         raise ValueError(f"unknown class weighting {mode!r}; choose from {CLASS_WEIGHTS}")
-    return ops.sum(onehot * w_c[:, None, None, :], axis=-1)
+    w_c = ops.broadcast_to(w_c, (ops.shape(labels)[0], num_classes))  # (B, C)
+    flat = ops.reshape(labels, (ops.shape(labels)[0], -1))
+    return ops.reshape(ops.take_along_axis(w_c, flat, axis=1), ops.shape(labels)) * valid
 
 
-def weighted_ce(onehot, weight, logits):
-    """Sum over valid pixels of weight x softmax cross-entropy / valid pixels in the batch."""
-    ce = -ops.sum(onehot * ops.log_softmax(logits, axis=-1), axis=-1)  # (B, H, W), 0 when invalid
-    return ops.sum(weight * ce) / ops.maximum(ops.sum(onehot), 1.0)
+def pixel_weights(y_true, mode: str = "image", dataset_weights=None, num_classes: int = NUM_CLASSES):
+    """(B, H, W) float32 weight of every pixel of labels (B, H, W) under a class-weight mode (0 where invalid)."""
+    labels, valid = _labels(y_true, num_classes)
+    return _weights(labels, valid, num_classes, mode, dataset_weights)
 
 
-def weighted_dice(onehot, weight, logits):
-    """1 - (2 I + 1) / (U + 1), I = sum w p t, U = sum w (p + t), over valid pixels and classes."""
-    valid = ops.sum(onehot, axis=-1, keepdims=True)  # (B, H, W, 1), 1 where valid
-    p = ops.softmax(logits, axis=-1) * valid
-    w = weight[..., None]
-    intersection = ops.sum(w * p * onehot)
-    union = ops.sum(w * (p + onehot))
+# Both losses are sums over pixels of a function of the pixel's cross-entropy ce = -log p_label,
+# so one fused softmax cross-entropy kernel serves both (TensorFlow's computes the loss and its
+# gradient, softmax - one-hot, in one pass over the (B, H, W, C) logits). Dice's intersection
+# sum w p t is sum w p_label = sum w exp(-ce), and its union sum w (p + t) is 2 sum w, since the
+# probabilities of a valid pixel sum to 1 (and the union's gradient is 0).
+
+def weighted_ce(ce, weight, valid):
+    """Sum over valid pixels of weight x softmax cross-entropy / valid pixels in the batch.
+    ce, weight, valid: (B, H, W)."""
+    return ops.sum(weight * ce) / ops.maximum(ops.sum(valid), 1.0)
+
+
+def weighted_dice(ce, weight, valid):
+    """1 - (2 I + 1) / (U + 1), I = sum w p t, U = sum w (p + t), over valid pixels and classes,
+    from each pixel's cross-entropy (p_label = exp(-ce)). ce, weight, valid: (B, H, W)."""
+    del valid  # weight is already 0 at invalid pixels
+    intersection = ops.sum(weight * ops.exp(-ce))
+    union = 2.0 * ops.sum(weight)
     return 1.0 - (2.0 * intersection + 1.0) / (union + 1.0)
 
 
@@ -105,12 +120,17 @@ class _SegmentationLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_pred = ops.cast(y_pred, "float32")  # logits may arrive in float16/bfloat16
-        onehot = _onehot(y_true, self.num_classes)
-        weight = pixel_weights(onehot, self.class_weights, self.dataset_weights)
-        loss = self._loss(onehot, weight, y_pred[..., : self.num_classes])
-        if self.aux_weight:
-            loss = loss + self.aux_weight * self._loss(onehot, weight, y_pred[..., self.num_classes:])
-        return loss
+        labels, valid = _labels(y_true, self.num_classes)
+        weight = _weights(labels, valid, self.num_classes, self.class_weights, self.dataset_weights)
+
+        def loss_of(logits):  # (B, H, W, C) -> scalar
+            ce = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)  # (B, H, W)
+            return self._loss(ce, weight, valid)
+
+        if not self.aux_weight:
+            # Slicing (B, H, W, C) to itself would still copy it, and its gradient again.
+            return loss_of(y_pred if y_pred.shape[-1] == self.num_classes else y_pred[..., : self.num_classes])
+        return loss_of(y_pred[..., : self.num_classes]) + self.aux_weight * loss_of(y_pred[..., self.num_classes:])
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "class_weights": self.class_weights,
@@ -145,8 +165,8 @@ class WeightedCrossEntropyDice(_SegmentationLoss):
         super().__init__(num_classes, name=name, **kwargs)
 
     @staticmethod
-    def _loss(onehot, weight, logits):
-        return weighted_ce(onehot, weight, logits) + weighted_dice(onehot, weight, logits)
+    def _loss(ce, weight, valid):
+        return weighted_ce(ce, weight, valid) + weighted_dice(ce, weight, valid)
 
 
 def ce_weighted_from_logits(num_classes: int = NUM_CLASSES, **kwargs) -> keras.losses.Loss:

@@ -113,14 +113,16 @@ def test_a_one_class_crop_gives_a_positive_loss_and_a_gradient(loss_name, mode):
 
 def test_class_weight_modes_follow_their_definitions():
     y = np.array([[[0, 0, 0, 1]], [[2, 2, 2, 2]]], "int32")  # image 1: 3 x c0 + c1; image 2: only c2
-    onehot = losses._onehot(y, 3)
-    image = np.asarray(losses.pixel_weights(onehot, "image"))
+    image = np.asarray(losses.pixel_weights(y, "image", num_classes=3))
     np.testing.assert_allclose(image, [[[0.25, 0.25, 0.25, 0.75]], [[1, 1, 1, 1]]])
-    batch = np.asarray(losses.pixel_weights(onehot, "batch"))  # counts 3, 1, 4 of 8
+    batch = np.asarray(losses.pixel_weights(y, "batch", num_classes=3))  # counts 3, 1, 4 of 8
     np.testing.assert_allclose(batch, [[[5 / 8] * 3 + [7 / 8]], [[4 / 8] * 4]])
-    dataset = np.asarray(losses.pixel_weights(onehot, "dataset", [0.1, 0.5, 0.9]))
+    dataset = np.asarray(losses.pixel_weights(y, "dataset", [0.1, 0.5, 0.9], num_classes=3))
     np.testing.assert_allclose(dataset, [[[0.1, 0.1, 0.1, 0.5]], [[0.9] * 4]])
-    np.testing.assert_allclose(np.asarray(losses.pixel_weights(onehot, "none")), np.ones((2, 1, 4)))
+    np.testing.assert_allclose(np.asarray(losses.pixel_weights(y, "none", num_classes=3)), np.ones((2, 1, 4)))
+    ignored = np.array([[[0, 255, 0, 1]]], "int32")  # the void pixel weighs 0 and is not counted
+    np.testing.assert_allclose(np.asarray(losses.pixel_weights(ignored, "image", num_classes=3)),
+                               [[[1 / 3, 0, 1 / 3, 2 / 3]]])
     assert losses.dataset_class_weights([3, 1, 0]) == [0.25, 0.75, 1.0]
     assert losses.dataset_class_weights([5, 0, 0]) == [1.0, 1.0, 1.0]
 
