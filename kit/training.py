@@ -252,14 +252,58 @@ class _WeightDecay:
         return {**super().get_config(), "decay": self.decay, "decoupled": self.decoupled}
 
 
+def _fusable(gradient) -> bool:
+    """Whether a variable's update can run as one fused TensorFlow kernel: dense gradients only."""
+    return not isinstance(gradient, tf.IndexedSlices)
+
+
+# Keras 3 updates each variable with separate elementwise ops (Adam: about ten passes over the
+# variable, its moments and the gradient). TensorFlow's fused training kernels do the same maths
+# in one pass: for DeepLab v3's 40 M parameters on a Xeon with AMX the Adam update took 0.15 s of
+# a 1.8 s bfloat16 training step. The formulas are Keras's own (docstrings below), so results
+# match to float rounding (tests/test_training.py compares them).
+
 @keras.saving.register_keras_serializable(package="deeplab")
 class DecaySGD(_WeightDecay, keras.optimizers.SGD):
-    """SGD with momentum and weight decay on kernels only."""
+    """SGD with momentum and weight decay on kernels only.
+
+    With momentum and without Nesterov, each update is ResourceApplyKerasMomentum:
+    m = momentum m - lr g; w += m, as keras.optimizers.SGD.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if not self.momentum or self.nesterov or not _fusable(gradient):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        m = self.momentums[self._get_variable_index(variable)]
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle, accum=m.handle, lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
+            momentum=tf.cast(self.momentum, dtype), use_locking=False, use_nesterov=False)
 
 
 @keras.saving.register_keras_serializable(package="deeplab")
 class DecayAdam(_WeightDecay, keras.optimizers.Adam):
-    """Adam (coupled L2) or AdamW (decoupled) with weight decay on kernels only."""
+    """Adam (coupled L2) or AdamW (decoupled) with weight decay on kernels only.
+
+    Without AMSGrad, each update is ResourceApplyAdam: m += (1 - b1)(g - m), v += (1 - b2)(g^2 - v),
+    w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps), as keras.optimizers.Adam.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or not _fusable(gradient):
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        step = tf.cast(self.iterations + 1, dtype)
+        index = self._get_variable_index(variable)
+
+        def scalar(value):
+            return tf.cast(value, dtype)
+
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].handle, v=self._velocities[index].handle,
+            beta1_power=tf.pow(scalar(self.beta_1), step), beta2_power=tf.pow(scalar(self.beta_2), step),
+            lr=scalar(learning_rate), beta1=scalar(self.beta_1), beta2=scalar(self.beta_2),
+            epsilon=scalar(self.epsilon), grad=tf.cast(gradient, dtype), use_locking=False, use_nesterov=False)
 
 
 def make_optimizer(name: str, learning_rate, momentum: float = 0.9, weight_decay: float = 0.0):
