@@ -10,6 +10,7 @@ Every layer is named, the model returns logits, and there are no `Lambda` layers
 """
 from __future__ import annotations
 
+import inspect
 import os
 
 import keras
@@ -507,6 +508,18 @@ def copy_backbone_weights(model: keras.Model, source: keras.Model) -> list[str]:
     return copied
 
 
+def _reclass(layer: layers.Layer, cls: type) -> None:
+    """Make a built layer an instance of `cls`, a stateless subclass of its class whose call
+    takes `training`. Keras records at construction whether call takes `training` (and passes
+    it only then), so that record is refreshed; tests/test_model.py checks that a training
+    step reaches the subclass's path."""
+    layer.__class__ = cls
+    layer._call_signature = inspect.signature(layer.call)
+    layer.call_signature_parameters = list(layer._call_signature.parameters)
+    layer._call_has_training_arg = "training" in layer.call_signature_parameters
+    layer._call_has_context_arg = {arg: arg in layer.call_signature_parameters for arg in layer._call_context_args}
+
+
 def _all_layers(model: keras.Model):
     """Every layer of the model, including those nested inside ASPP."""
     for layer in model.layers:
@@ -560,7 +573,7 @@ def build_deeplabv3(input_shape=(384, 384, 3), num_classes: int = NUM_CLASSES, b
         elif type(layer) is layers.Conv2D and tuple(layer.kernel_size) == (1, 1) and tuple(layer.strides) == (1, 1):
             # keras.applications' and the bottlenecks' 1x1 convs: the same swap, for the
             # faster bfloat16 kernel gradient (PointwiseConv2D adds no state either).
-            layer.__class__ = PointwiseConv2D
+            _reclass(layer, PointwiseConv2D)
     if backbone == "resnet50" and backbone_weights is not None:
         copy_backbone_weights(model, source)
     return model

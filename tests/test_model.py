@@ -230,11 +230,29 @@ def test_pointwise_conv_trains_by_matmul_in_bfloat16_with_conv2d_gradients(monke
         np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * np.abs(a).max())
 
 
-def test_resnet_1x1_convs_are_pointwise_and_the_model_reloads(tmp_path):
-    model = deeplab.build_deeplabv3((64, 64, 3), backbone_weights=None, aspp_filters=32)
+def test_resnet_1x1_convs_are_pointwise_and_a_training_call_reaches_them(monkeypatch):
+    monkeypatch.delenv(deeplab.DILATED_CONV_ENV, raising=False)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = deeplab.build_deeplabv3((64, 64, 3), backbone_weights=None, aspp_filters=32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     pointwise = [layer.name for layer in model.layers if isinstance(layer, deeplab.PointwiseConv2D)]
     assert "conv4_block2_1_conv" in pointwise and "conv5_block1_0_conv" in pointwise
     assert "conv1_conv" not in pointwise and "conv3_block1_0_conv" not in pointwise  # 7x7; stride 2
+    # The re-classed keras.applications layers get `training` in a model's training call.
+    seen = []
+    original = deeplab.matmul_gradient_applies
+    monkeypatch.setattr(deeplab, "matmul_gradient_applies",
+                        lambda layer, training: seen.append((layer.name, training)) or original(layer, training))
+    model(np.zeros((2, 64, 64, 3), "float32"), training=True)
+    assert ("conv4_block2_1_conv", True) in seen and ("conv5_block1_0_conv", True) in seen
+    if not tf.config.list_physical_devices("GPU"):
+        assert original(model.get_layer("conv4_block2_1_conv"), True)  # 1024 -> 256 in bfloat16
+
+
+def test_a_model_with_pointwise_convs_reloads_with_safe_mode(tmp_path):
+    model = deeplab.build_deeplabv3((64, 64, 3), backbone_weights=None, aspp_filters=32)
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
