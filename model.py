@@ -145,6 +145,15 @@ def native_dilated_gradients(dtype: str = "float32") -> bool:
     return onednn_enabled() and (dtype == "float32" or runtime.has_bfloat16())
 
 
+def _pixel_matmul(x, dy):
+    """x^T dy summed over every pixel: (B, H, W, C_in), (B, H, W, C_out) -> (C_in, C_out).
+
+    One matmul with the first operand transposed in the kernel; tf.tensordot would first copy
+    x into (C_in, B*H*W) order."""
+    rows = tf.reshape(x, (-1, x.shape[-1]))  # (B*H*W, C_in), no copy
+    return tf.matmul(rows, tf.reshape(dy, (-1, dy.shape[-1])), transpose_a=True)
+
+
 def _filter_gradient(x, dy, kernel_size, rate):
     """d loss / d kernel of a stride-1 "same" dilated conv: (kh, kw, C_in, C_out).
 
@@ -167,7 +176,7 @@ def _filter_gradient(x, dy, kernel_size, rate):
             y1, x1 = tf.maximum(h - max(0, di), y0), tf.maximum(w - max(0, dj), x0)
             inputs = x[:, y0 + di:y1 + di, x0 + dj:x1 + dj, :]
             grads = dy[:, y0:y1, x0:x1, :]
-            taps.append(tf.tensordot(inputs, grads, axes=[[0, 1, 2], [0, 1, 2]]))  # (C_in, C_out)
+            taps.append(_pixel_matmul(inputs, grads))  # (C_in, C_out)
     return tf.reshape(tf.stack(taps), (kh, kw, x.shape[-1], dy.shape[-1]))
 
 
@@ -269,7 +278,7 @@ def matmul_gradient_conv1x1(x, kernel):
         def grad(dy):
             dx = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy,
                                                 strides=[1, 1, 1, 1], padding="VALID")
-            dk = tf.tensordot(x, dy, axes=[[0, 1, 2], [0, 1, 2]])  # (C_in, C_out)
+            dk = _pixel_matmul(x, dy)  # (C_in, C_out)
             return dx, tf.reshape(dk, tf.shape(kernel))
 
         return tf.nn.conv2d(x, kernel, strides=1, padding="VALID"), grad
