@@ -1,0 +1,155 @@
+"""Training throughput of this kit against PyTorch, float32 and bfloat16, measured in one run.
+
+    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch==2.13.0 numpy
+    python bench/bench_frameworks.py [--torch-python /tmp/torchvenv/bin/python] [--size 384]
+        [--batch-size 4] [--steps 4] [--rounds 2] [--out FILE]
+
+In each round, in turns: our DeepLab v3 (bench_train.py's measurement: train.py's optimizer,
+loss and metrics, random data) in float32 and in mixed bfloat16, and PyTorch's
+(bench_torch.py: torchvision's deeplabv3_resnet50 at output stride 16, Adam and cross entropy)
+in float32 and under bfloat16 autocast, each in NCHW and channels_last. Every configuration
+runs in a fresh process, one at a time, so no two share the cores; the rounds repeat the
+whole sequence, so a slow spell of a shared machine hits every configuration, and each
+configuration's best round is compared (the median is given too).
+
+Reported: images/s per configuration; our float32 and bfloat16 over PyTorch's best layout in
+the same precision; our bfloat16 over our float32; the dense matmul peaks (float32 and
+bfloat16) and our training's fraction of them, counting every kernel tap and counting only
+taps that read inside the image (bench/flops.py; a step is 3x the forward FLOPs).
+With TF_ENABLE_ONEDNN_OPTS=0 set, our side runs without oneDNN (PyTorch is unaffected).
+Not part of the test suite; torch is not a project dependency.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from common import emit, machine
+
+from kit import runtime
+
+runtime.prefer_onednn()  # as train.py, unless TF_ENABLE_ONEDNN_OPTS is already set
+
+HERE = Path(__file__).resolve().parent
+OURS = (("ours", "float32", ""), ("ours", "mixed_bfloat16", ""))
+THEIRS = tuple(("pytorch", precision, layout) for precision in ("float32", "bfloat16")
+               for layout in ("nchw", "channels_last"))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--torch-python", default="/tmp/torchvenv/bin/python",
+                   help="a python with torch installed (see the usage above)")
+    p.add_argument("--size", type=int, default=384)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4, help="timed training steps per configuration and round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", help="also write the JSON here")
+    args = p.parse_args(argv)
+    if not Path(args.torch_python).is_file():
+        p.error(f"--torch-python {args.torch_python} does not exist; create it with `python3 -m venv "
+                f"/tmp/torchvenv && /tmp/torchvenv/bin/pip install torch==2.13.0 numpy`")
+    if args.rounds < 1 or args.steps < 1:
+        p.error("--rounds and --steps must be at least 1")
+    return args
+
+
+def _last_json(stdout: str, what: str) -> dict:
+    """The JSON a child printed: its last line (ours) or the whole output (bench_torch.py's emit)."""
+    text = stdout.strip()
+    for candidate in (text.splitlines()[-1] if text else "", text):
+        try:
+            return json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+    raise SystemExit(f"error: {what} printed no JSON result:\n{stdout[-2000:]}")
+
+
+def run_ours(policy: str, args) -> dict:
+    """bench_train.py's child: images/s and forward FLOPs of our model in `policy`."""
+    done = subprocess.run([sys.executable, str(HERE / "bench_train.py"), "--child", "deeplabv3", policy,
+                           str(args.size), "-", "--batch-size", str(args.batch_size), "--steps", str(args.steps)],
+                          capture_output=True, text=True, cwd=HERE)
+    if done.returncode:
+        raise SystemExit(f"error: our {policy} run failed:\n{done.stderr[-3000:]}")
+    return _last_json(done.stdout, f"our {policy} run")
+
+
+def run_torch(precision: str, layout: str, args) -> dict:
+    """bench_torch.py in `args.torch_python`: images/s of one precision and layout."""
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}  # bench_torch imports kit.runtime (stdlib only)
+    done = subprocess.run([args.torch_python, str(HERE / "bench_torch.py"), "--size", str(args.size),
+                           "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                           "--precisions", precision, "--layouts", layout],
+                          capture_output=True, text=True, cwd=HERE, env=env)
+    if done.returncode:
+        raise SystemExit(f"error: PyTorch {precision} {layout} failed:\n{done.stderr[-3000:]}")
+    result = _last_json(done.stdout, f"PyTorch {precision} {layout}")
+    return {"images_per_s": result["runs"][0]["images_per_s"], "torch": result["machine"]["torch"],
+            "threads": result["machine"]["threads"]}
+
+
+def summary(rates: list[float]) -> dict:
+    return {"best": round(max(rates), 3), "median": round(statistics.median(rates), 3),
+            "rounds": [round(r, 3) for r in rates]}
+
+
+def main(args):
+    import bench_train  # loads TensorFlow (after prefer_onednn above)
+
+    peaks = {"float32": bench_train.matmul_peak("float32"), "bfloat16": bench_train.matmul_peak("bfloat16")}
+    configs = list(OURS) + list(THEIRS)
+    rates = {config: [] for config in configs}
+    flops = {}
+    for round_ in range(args.rounds):
+        for config in configs:
+            framework, precision, layout = config
+            if framework == "ours":
+                measured = run_ours(precision, args)
+                flops = {"all_taps": measured["forward_flops"], "in_bounds": measured["forward_flops_in_bounds"]}
+                rate = measured["images_per_s"]
+                print(f"round {round_ + 1}: ours {precision} ({measured['dilated_conv']} dilated convs, "
+                      f"oneDNN {measured['onednn']}): {rate:.3f} images/s", file=sys.stderr, flush=True)
+            else:
+                rate = run_torch(precision, layout, args)["images_per_s"]
+                print(f"round {round_ + 1}: pytorch {precision} {layout}: {rate:.3f} images/s",
+                      file=sys.stderr, flush=True)
+            rates[config].append(rate)
+
+    def best(framework, precision, layout=None):
+        found = [max(r) for (f, p, l), r in rates.items() if f == framework and p == precision
+                 and (layout is None or l == layout)]
+        return max(found)
+
+    ours32, ours16 = best("ours", "float32"), best("ours", "mixed_bfloat16")
+    torch32, torch16 = best("pytorch", "float32"), best("pytorch", "bfloat16")
+
+    def mfu(rate, peak, count):
+        return round(3 * flops[count] * rate / peaks[peak], 3)
+
+    result = {
+        "benchmark": "training throughput, this kit against PyTorch", "machine": machine(),
+        "size": args.size, "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
+        "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+        "forward_gflops_per_image": {k: round(v / 1e9, 2) for k, v in flops.items()},
+        "images_per_s": {" ".join(filter(None, config)): summary(r) for config, r in rates.items()},
+        "ratios_of_best_rounds": {
+            "ours_bf16_over_pytorch_best_bf16": round(ours16 / torch16, 2),
+            "ours_fp32_over_pytorch_best_fp32": round(ours32 / torch32, 2),
+            "ours_bf16_over_ours_fp32": round(ours16 / ours32, 2),
+            "pytorch_bf16_over_pytorch_fp32": round(torch16 / torch32, 2)},
+        "fraction_of_matmul_peak": {
+            "ours_fp32": mfu(ours32, "float32", "all_taps"), "ours_fp32_in_bounds": mfu(ours32, "float32", "in_bounds"),
+            "ours_bf16": mfu(ours16, "bfloat16", "all_taps"),
+            "ours_bf16_in_bounds": mfu(ours16, "bfloat16", "in_bounds")},
+    }
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main(parse_args())
