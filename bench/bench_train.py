@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import losses  # noqa: E402
+from kit import training  # noqa: E402
 import metrics  # noqa: E402
 import model as deeplab  # noqa: E402
 from chapter_model import build_chapter_deeplabv3  # noqa: E402
@@ -65,7 +66,7 @@ def matmul_peak(dtype: str, n: int = 4096, repeats: int = 6) -> float:
 def warmed_up_step(model: keras.Model, size: int, batch: int, xla: bool = False):
     """Compile `model` with train.py's optimizer, loss and metrics, take two warm-up training
     steps on a random (batch, size, size) batch, and return a function taking one more step."""
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=losses.ce_dice_loss_from_logits(),
+    model.compile(optimizer=training.make_optimizer("adam", 1e-4), loss=losses.ce_dice_loss_from_logits(),
                   metrics=metrics.segmentation_metrics(), jit_compile=xla)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
