@@ -164,15 +164,20 @@ def test_every_batch_norm_is_fused(models):
 KERNELS = ["native", "taps", "portable", "keras"]
 
 
+@pytest.mark.parametrize("sizes", ["static", "unknown"])
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("rate,shape", [(2, (2, 9, 11, 5)), (6, (2, 9, 11, 5)), (6, (1, 4, 5, 3)), (18, (1, 24, 20, 3))])
-def test_dilated_conv_matches_keras_conv_with_gradients(monkeypatch, kernel, rate, shape):
+def test_dilated_conv_matches_keras_conv_with_gradients(monkeypatch, kernel, rate, shape, sizes):
     """Every kernel DilatedConv2D can take gives Keras Conv2D's output and gradients, in a
-    traced step as in training; (6, 4x5) has taps that read only padding."""
+    traced step as in training, with the map's size known when traced (as in a model built for
+    one input size; taps then trains every case here) or not; (6, 4x5) has taps that read
+    only padding."""
     if kernel == "native" and not deeplab.native_dilated_gradients():
         pytest.skip("no GPU and no oneDNN here: TensorFlow has no native dilated-conv gradient")
     monkeypatch.setenv(deeplab.DILATED_CONV_ENV, kernel)
     assert deeplab.dilated_conv_kernel() == kernel
+    tapped, original = [], deeplab.tap_dilated_conv2d
+    monkeypatch.setattr(deeplab, "tap_dilated_conv2d", lambda *a, **k: tapped.append(1) or original(*a, **k))
     rng = np.random.default_rng(rate)
     x = tf.constant(rng.normal(size=shape).astype("float32"))
     plain = keras.layers.Conv2D(4, 3, padding="same", dilation_rate=rate)
@@ -183,7 +188,9 @@ def test_dilated_conv_matches_keras_conv_with_gradients(monkeypatch, kernel, rat
     plain.set_weights(dilated.get_weights())
     results = []
     for layer in (plain, dilated):
-        @tf.function(input_signature=[tf.TensorSpec((None, None, None, shape[-1]))])  # sizes unknown, as in the model
+        spec = tf.TensorSpec(shape if sizes == "static" else (None, None, None, shape[-1]))
+
+        @tf.function(input_signature=[spec])
         def step(x):
             with tf.GradientTape() as tape:
                 tape.watch(x)
@@ -194,7 +201,40 @@ def test_dilated_conv_matches_keras_conv_with_gradients(monkeypatch, kernel, rat
         results.append(step(x))
     for a, b in zip(*results):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+    assert bool(tapped) == (kernel == "taps" and sizes == "static")  # every static case is under 0.8 in bounds
     assert deeplab.DilatedConv2D.from_config(dilated.get_config()).get_config() == dilated.get_config()
+
+
+def test_taps_conv_handles_sizes_unknown_when_traced():
+    """tap_dilated_conv2d itself with sizes only known at run time (taps past the edge included)."""
+    rng = np.random.default_rng(0)
+    kernel = tf.constant(rng.normal(size=(3, 3, 3, 4)).astype("float32"))
+    for shape, rate in (((1, 4, 5, 3), 6), ((2, 9, 11, 3), 2)):
+        x = tf.constant(rng.normal(size=shape).astype("float32"))
+
+        @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3))])
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = deeplab.tap_dilated_conv2d(x, kernel, (rate, rate), native_input_gradient=False)
+                loss = tf.reduce_sum(y ** 2)
+            return y, tape.gradient(loss, x)
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            # tf.nn.convolution: SpaceToBatchND around a plain conv, differentiable everywhere.
+            want = tf.nn.convolution(x, kernel, padding="SAME", dilations=rate)
+            loss = tf.reduce_sum(want ** 2)
+        want_dx = tape.gradient(loss, x)
+        y, dx = step(x)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-3)
+
+
+def test_in_bounds_fraction_of_aspp_and_conv5():
+    assert [round(deeplab.in_bounds_fraction((24, 24), (3, 3), (r, r)), 3) for r in (2, 6, 12, 18)] == \
+        [0.892, 0.694, 0.444, 0.25]
+    assert deeplab.in_bounds_fraction((None, 24), (3, 3), (6, 6)) is None
 
 
 def test_pointwise_conv_trains_by_matmul_in_bfloat16_with_conv2d_gradients(monkeypatch):
