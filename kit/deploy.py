@@ -488,8 +488,8 @@ def markdown(report: dict) -> str:
         io = "int8" if report["int8_io"] else "float32, quantized at the edges"
         integer = "integer-only between its edges" if not ops else f"float tensors: {ops[:5]}"
         speed = check.get("speedup_over_float32")
-        speed = ("; " + ", ".join(f"{x:.2f}x tflite_float32's speed with {k} thread(s)" for k, x in speed.items())
-                 if speed else "")
+        speed = ("; speed over tflite_float32 (its ms / these): "
+                 + ", ".join(f"{x:.2f}x with {k} thread(s)" for k, x in speed.items()) if speed else "")
         notes.append(f"tflite_full_int8: {integer} (interpreter op details); calibrated on {report['calibration_images']} training images; "
                      f"input/output {io}; target ({target}) {'met' if check['meets_target'] else 'NOT met'}{speed}.")
     onnx = report.get("onnx")

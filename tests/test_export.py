@@ -149,7 +149,7 @@ def test_report_names_the_cpu_features_its_latencies_came_from(report, monkeypat
     speed = saved["full_int8"]["speedup_over_float32"]
     latency = {name: saved["formats"][name]["latency_ms"] for name in ("tflite_float32", "tflite_full_int8")}
     assert speed == {k: round(latency["tflite_float32"][k] / latency["tflite_full_int8"][k], 2) for k in speed}
-    assert set(speed) == {"1", "2", "all"} and f"{speed['1']:.2f}x tflite_float32's speed with 1 thread(s)" in table
+    assert set(speed) == {"1", "2", "all"} and f"tflite_float32 (its ms / these): {speed['1']:.2f}x with 1 thread(s)" in table
     # A CPU without int8 dot-product instructions (an AVX2 x86) is named as such.
     monkeypatch.setattr(runtime, "cpu_features", lambda: frozenset({"avx2", "fma"}))
     assert runtime.int8_features() == []
