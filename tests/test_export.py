@@ -103,8 +103,9 @@ def test_litert_runs_the_convolutions_of_both_tflite_files_in_xnnpack(report):
     """The default op resolver hands the full-int8 file's quantized convolutions to XNNPACK, as
     it does the float32 file's: none is left on TFLite's builtin kernels, where an int8
     convolution runs several times slower (bench/bench_tflite.py --runtimes builtin). The one
-    op XNNPACK may refuse is ASPP's broadcast ADD of the pooled branch to zeros, whose
-    constant's int8 scale is near 0; and the report says which ops ran where."""
+    op XNNPACK may refuse is ASPP's broadcast ADD of the pooled branch to zeros: the zeros'
+    int8 scale is near 0, below the input-to-output scale ratio XNNPACK's int8 add takes
+    (2^-10). And the report says which ops ran where."""
     out, result = report
     for name, file in (("tflite_float32", "model_float32.tflite"), ("tflite_full_int8", "model_full_int8.tflite")):
         kernels = result["formats"][name]["kernels"]
