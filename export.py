@@ -18,8 +18,9 @@ int8 files are reported. The TFLite files are run under LiteRT and the ONNX file
 Runtime, as on the vehicle.
 
 --report measures every format (kit/deploy.py: size, latency at 1, 2 and all threads, mean IoU and
-pixel accuracy on the whole test split, agreement with Keras) into `export_report.json` and
-`export_report.md` and prints the table.
+pixel accuracy on the whole test split, agreement with Keras, and for .tflite files which ops
+XNNPACK ran) into `export_report.json` and `export_report.md` and prints the table, with the
+CPU and CPU features (int8 dot-product instructions among them) the latencies came from.
 """
 from __future__ import annotations
 

@@ -50,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--sizes", default="384,256")
     p.add_argument("--backbone", default="resnet50", choices=("resnet50", "mobilenetv2"))
     p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (best of 3 rounds)")
-    p.add_argument("--formats", default="float32,float16,int8", help="TFLite exports to time ('' for none)")
+    p.add_argument("--formats", default="float32,float16,int8", help="TFLite exports to time ('' for none; "
+                   "full_int8 too; bench_tflite.py compares float32 and full_int8 in turns)")
     p.add_argument("--out", help="also write the JSON here")
     return p.parse_args(argv)
 
@@ -83,7 +84,9 @@ def main(args):
                                         "fraction_of_keras_batch1": round(bare / loop, 3)}
             for kind in (k for k in args.formats.split(",") if k):
                 path = tmp / f"m_{kind}.tflite"
-                path.write_bytes(deploy.tflite_bytes(model, size, kind))
+                # full_int8 is calibrated on random images: its speed does not depend on the ranges.
+                calibration = [rng.uniform(0, 255, (1, size, size, 3)).astype("float32") for _ in range(8)]
+                path.write_bytes(deploy.tflite_bytes(model, size, kind, calibration if kind == "full_int8" else None))
                 lite = onboard.LiteRTModel(path)
                 (seconds,) = _timed(lambda: lite(x1.numpy()), repeats=args.repeats)
                 row[f"tflite_{kind}_batch1"] = {"images_per_s": round(1 / seconds, 2),

@@ -355,8 +355,11 @@ def _version(package: str) -> str | None:
 
 
 def machine() -> dict:
-    """What the latencies were measured on, and with which runtimes."""
+    """What the latencies were measured on, and with which runtimes: the CPU, its features
+    (runtime.KNOWN_FEATURES) and among them its int8 dot-product instructions, which decide
+    whether XNNPACK's int8 kernels can beat its float32 ones."""
     return {"cpu": runtime.cpu_model(), "cores": os.cpu_count(), "features": sorted(runtime.cpu_features()),
+            "int8_features": runtime.int8_features(),
             "onednn": onednn_enabled(), "tensorflow": tf.__version__, "litert": _version("ai-edge-litert"),
             "onnxruntime": _version("onnxruntime"),
             "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
@@ -364,7 +367,9 @@ def machine() -> dict:
 
 def measure(files: dict[str, str], classes, test: tuple[list, list], size: int, threads: dict[str, int] | None = None,
             warmup: int = 3, runs: int = 20, progress: bool = True, keras_model=None) -> dict[str, dict]:
-    """{format: {size_mb, latency_ms: {threads: ms}, mean_iou, pixel_accuracy, agreement}}.
+    """{format: {size_mb, latency_ms: {threads: ms}, mean_iou, pixel_accuracy, agreement}}, and for
+    .tflite files `kernels`: which ops LiteRT ran in XNNPACK and which on its builtin kernels
+    (onboard.delegated_ops).
 
     files: {format name: path}, with "keras" among them (the reference for `agreement`);
     keras_model: files["keras"] already loaded, if the caller has it (not loaded again).
@@ -392,6 +397,8 @@ def measure(files: dict[str, str], classes, test: tuple[list, list], size: int, 
         results[name] = {"file": str(files[name]), "size_mb": round(size_mb(files[name]), 3),
                          "latency_ms": {}, "mean_iou": scores["mean_iou"],
                          "pixel_accuracy": scores["pixel_accuracy"], "agreement": agreement(reference, masks)}
+        if isinstance(model, onboard.LiteRTModel):
+            results[name]["kernels"] = model.kernels()
     pattern = test_pattern(size)
     for count in counts:
         keys = [k for k, v in threads.items() if v == count]
@@ -412,18 +419,40 @@ def measure(files: dict[str, str], classes, test: tuple[list, list], size: int, 
 
 
 def full_int8_verdict(formats: dict[str, dict]) -> dict | None:
-    """Whether tflite_full_int8 meets FULL_INT8_TARGET (against Keras and tflite_float32)."""
+    """Whether tflite_full_int8 meets FULL_INT8_TARGET (against Keras and tflite_float32), and
+    its speed-up over tflite_float32 per thread setting (float32 ms / full-int8 ms; above 1:
+    full int8 is faster), which is reported, not a target."""
     if "tflite_full_int8" not in formats:
         return None
     full = formats["tflite_full_int8"]
     verdict = {"agreement": full["agreement"], "agreement_target": FULL_INT8_TARGET["agreement"]}
     ok = full["agreement"] >= FULL_INT8_TARGET["agreement"]
     if "tflite_float32" in formats:
-        drop = formats["tflite_float32"]["mean_iou"] - full["mean_iou"]
+        float32 = formats["tflite_float32"]
+        drop = float32["mean_iou"] - full["mean_iou"]
         verdict.update(mean_iou_drop=drop, mean_iou_drop_target=FULL_INT8_TARGET["mean_iou_drop"])
         ok = ok and drop <= FULL_INT8_TARGET["mean_iou_drop"]
+        verdict["speedup_over_float32"] = {k: round(float32["latency_ms"][k] / ms, 2)
+                                           for k, ms in full["latency_ms"].items() if ms and k in float32["latency_ms"]}
     verdict["meets_target"] = ok
     return verdict
+
+
+def kernel_notes(formats: dict[str, dict]) -> str:
+    """Which LiteRT kernels ran each .tflite format, in words ("" without .tflite formats):
+    the formats XNNPACK ran whole, then each other one's ops left on builtin kernels."""
+    whole, split = [], []
+    for name, r in formats.items():
+        if "kernels" not in r:
+            continue
+        builtin = r["kernels"]["builtin"]
+        if not builtin:
+            whole.append(name)
+            continue
+        total = sum(r["kernels"]["xnnpack"].values()) + sum(builtin.values())
+        left = ", ".join(f"{op} x{n}" for op, n in sorted(builtin.items()))
+        split.append(f"{name}: {total - sum(builtin.values())} of {total} ops in XNNPACK, {left} on builtin kernels")
+    return "; ".join(([f"XNNPACK runs every op of {', '.join(whole)}"] if whole else []) + split)
 
 
 def markdown(report: dict) -> str:
@@ -441,11 +470,16 @@ def markdown(report: dict) -> str:
     notes = [f"\n{report['size']} px, batch 1, median of {report['latency']['runs']} runs after "
              f"{report['latency']['warmup']} warm-up; 'all' = {threads['all']} threads (equal counts are timed "
              f"once). Scores on "
-             f"{report['test_images']} test images at {report['size']} px. {m['cpu']}, {m['cores']} cores "
-             f"({', '.join(m['features']) or 'no listed features'}), oneDNN {'on' if m['onednn'] else 'off'}, "
+             f"{report['test_images']} test images at {report['size']} px. Latencies measured on {m['cpu']}, "
+             f"{m['cores']} cores, CPU features {', '.join(m['features']) or 'none of those listed'}; int8 "
+             f"dot-product instructions: {', '.join(m.get('int8_features') or []) or 'none'}; "
+             f"oneDNN {'on' if m['onednn'] else 'off'}, "
              f"TensorFlow {m['tensorflow']}, LiteRT {m.get('litert')} (.tflite), ONNX Runtime {m.get('onnxruntime')} "
              f"(.onnx, CPU provider)"
              + (f"; load average {m['load_average'][0]} when measured." if m.get("load_average") else ".")]
+    kernels = kernel_notes(report["formats"])
+    if kernels:
+        notes.append(f"LiteRT kernels: {kernels}.")
     check = report.get("full_int8")
     if check:
         ops = check["float_ops"]
@@ -454,8 +488,11 @@ def markdown(report: dict) -> str:
             target += f", mean IoU within {check['mean_iou_drop_target']} of tflite_float32"
         io = "int8" if report["int8_io"] else "float32, quantized at the edges"
         integer = "integer-only between its edges" if not ops else f"float tensors: {ops[:5]}"
+        speed = check.get("speedup_over_float32")
+        speed = ("; speed over tflite_float32 (its ms / these): "
+                 + ", ".join(f"{x:.2f}x with {k} thread(s)" for k, x in speed.items()) if speed else "")
         notes.append(f"tflite_full_int8: {integer} (interpreter op details); calibrated on {report['calibration_images']} training images; "
-                     f"input/output {io}; target ({target}) {'met' if check['meets_target'] else 'NOT met'}.")
+                     f"input/output {io}; target ({target}) {'met' if check['meets_target'] else 'NOT met'}{speed}.")
     onnx = report.get("onnx")
     if onnx:
         shape = ", ".join("N" if d is None else str(d) for d in onnx["input"]["shape"])

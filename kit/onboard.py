@@ -102,6 +102,10 @@ class LiteRTModel:
             outputs.append(self._dequantize(self.interpreter.get_tensor(self._output["index"])[0]))
         return np.stack(outputs)  # (B, H, W, C) logits
 
+    def kernels(self) -> dict[str, dict[str, int]]:
+        """Which kernels run this model's ops here: delegated_ops(self.interpreter)."""
+        return delegated_ops(self.interpreter)
+
     def _quantize(self, x: np.ndarray) -> np.ndarray:
         dtype = np.dtype(self._input["dtype"])
         if dtype == np.float32:
@@ -115,6 +119,39 @@ class LiteRTModel:
             return y
         scale, zero = self._output["quantization"]
         return (y.astype(np.float32) - zero) * scale
+
+
+def delegated_ops(interpreter) -> dict[str, dict[str, int]]:
+    """{"xnnpack": {op: count}, "builtin": {op: count}}: the ops of a LiteRT interpreter's model
+    that its delegate runs, and those left to TFLite's own (builtin) kernels.
+
+    The Interpreter as LiteRTModel makes it (the default op resolver) hands every op that
+    XNNPACK supports to XNNPACK, its only default delegate on CPUs; an op it refuses (a type,
+    a quantization it has no kernel for) stays on a builtin kernel and splits the graph into
+    several delegate partitions. Each partition is one DELEGATE node appended to the op list,
+    its original ops kept beside it: a partition's ops are those that its outputs depend on
+    back to its inputs, found by walking the producers of its outputs (the op list is
+    `Interpreter._get_ops_details()`, the accessor TensorFlow's float_ops check reads too).
+    """
+    ops = interpreter._get_ops_details()
+    nodes = [op for op in ops if op["op_name"] != "DELEGATE"]
+    producer = {int(t): op for op in nodes for t in op["outputs"] if t >= 0}
+    delegated: set[int] = set()
+    for node in (op for op in ops if op["op_name"] == "DELEGATE"):
+        boundary = {int(t) for t in node["inputs"]}
+        pending = [int(t) for t in node["outputs"]]
+        while pending:
+            tensor = pending.pop()
+            op = producer.get(tensor)
+            if tensor in boundary or op is None or op["index"] in delegated:
+                continue
+            delegated.add(op["index"])
+            pending.extend(int(t) for t in op["inputs"] if t >= 0)
+    split: dict[str, dict[str, int]] = {"xnnpack": {}, "builtin": {}}
+    for op in nodes:
+        side = split["xnnpack" if op["index"] in delegated else "builtin"]
+        side[op["op_name"]] = side.get(op["op_name"], 0) + 1
+    return split
 
 
 class OnnxModel:

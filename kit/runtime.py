@@ -17,8 +17,14 @@ from pathlib import Path
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 X86 = ("x86_64", "amd64", "i386", "i686")
-# CPU features that decide which TensorFlow kernels are fast (see cpu_features).
-KNOWN_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "asimd", "sve")
+# CPU features that decide which kernels are fast (see cpu_features): TensorFlow's and oneDNN's
+# for float32 and bfloat16, and XNNPACK's (LiteRT's CPU delegate) for int8.
+KNOWN_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "avx_vnni", "amx_int8",
+                  "asimd", "asimddp", "i8mm", "sve")
+# Instructions that multiply int8 by int8 and add into int32 in one step (x86 VNNI and AMX,
+# ARM's dot product and matrix multiply), for which XNNPACK has int8 kernels of its own;
+# without them its int8 convolutions widen to 16 bits first (AVX2, plain NEON).
+INT8_FEATURES = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
 def prefer_onednn() -> bool:
@@ -92,6 +98,11 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def int8_features() -> list[str]:
+    """The INT8_FEATURES this CPU has, in that order (empty: no int8 dot-product instructions)."""
+    return [f for f in INT8_FEATURES if f in cpu_features()]
 
 
 def has_bfloat16() -> bool:

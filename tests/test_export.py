@@ -99,6 +99,66 @@ def test_report_keys_units_and_formats_subset(report):
     assert json.loads((out / "parity.json").read_text())["argmax_agreement"].keys() == {"float32", "full_int8"}
 
 
+def test_litert_runs_the_convolutions_of_both_tflite_files_in_xnnpack(report):
+    """The default op resolver hands the full-int8 file's quantized convolutions to XNNPACK, as
+    it does the float32 file's: none is left on TFLite's builtin kernels, where an int8
+    convolution runs several times slower (bench/bench_tflite.py --runtimes builtin). The one
+    op XNNPACK may refuse is ASPP's broadcast ADD of the pooled branch to zeros: the zeros'
+    int8 scale is near 0, below the input-to-output scale ratio XNNPACK's int8 add takes
+    (2^-10). And the report says which ops ran where."""
+    out, result = report
+    for name, file in (("tflite_float32", "model_float32.tflite"), ("tflite_full_int8", "model_full_int8.tflite")):
+        kernels = result["formats"][name]["kernels"]
+        ops = [op["op_name"] for op in tf.lite.Interpreter(model_path=str(out / file))._get_ops_details()]
+        ops = [op for op in ops if op != "DELEGATE"]
+        assert sum(kernels["xnnpack"].values()) + sum(kernels["builtin"].values()) == len(ops), (name, kernels)
+        for conv in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            assert kernels["xnnpack"][conv] == ops.count(conv) >= 1, (name, kernels)
+        assert set(kernels["builtin"]) <= ({"ADD"} if name == "tflite_full_int8" else set()), (name, kernels)
+    assert "kernels" not in result["formats"]["keras"]
+    table = (out / "export_report.md").read_text()
+    assert "XNNPACK runs every op of tflite_float32" in table
+    assert deploy.kernel_notes({"tflite_full_int8": result["formats"]["tflite_full_int8"]}) in table
+
+
+def test_delegated_ops_sees_ops_left_on_builtin_kernels(report):
+    """Without the default delegate every op is on a builtin kernel: the split is read from
+    the interpreter, not assumed."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from kit import onboard
+
+    out, _ = report
+    interpreter = Interpreter(model_path=str(out / "model_full_int8.tflite"),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    split = onboard.delegated_ops(interpreter)
+    assert split["xnnpack"] == {} and split["builtin"]["CONV_2D"] >= 1
+    assert deploy.kernel_notes({"m": {"kernels": split}}).startswith("m: 0 of ")
+
+
+def test_report_names_the_cpu_features_its_latencies_came_from(report, monkeypatch):
+    out, result = report
+    saved = json.loads((out / "export_report.json").read_text())
+    from kit import runtime
+
+    assert saved["machine"]["features"] == sorted(runtime.cpu_features())
+    assert saved["machine"]["int8_features"] == runtime.int8_features()
+    table = (out / "export_report.md").read_text()
+    assert f"CPU features {', '.join(saved['machine']['features']) or 'none of those listed'};" in table
+    assert f"int8 dot-product instructions: {', '.join(runtime.int8_features()) or 'none'};" in table
+    speed = saved["full_int8"]["speedup_over_float32"]
+    latency = {name: saved["formats"][name]["latency_ms"] for name in ("tflite_float32", "tflite_full_int8")}
+    assert speed == {k: round(latency["tflite_float32"][k] / latency["tflite_full_int8"][k], 2) for k in speed}
+    assert set(speed) == {"1", "2", "all"} and f"tflite_float32 (its ms / these): {speed['1']:.2f}x with 1 thread(s)" in table
+    # A CPU without int8 dot-product instructions (an AVX2 x86) is named as such.
+    monkeypatch.setattr(runtime, "cpu_features", lambda: frozenset({"avx2", "fma"}))
+    assert runtime.int8_features() == []
+    assert "int8 dot-product instructions: none;" in deploy.markdown({**saved, "machine": deploy.machine()})
+    monkeypatch.setattr(runtime, "cpu_features", lambda: frozenset({"avx2", "amx_int8", "avx512_vnni"}))
+    assert runtime.int8_features() == ["avx512_vnni", "amx_int8"]
+
+
 def test_format_names_old_and_new():
     assert deploy.resolve_formats("int8,float32") == ["tflite_float32", "tflite_dynamic_int8"]
     assert deploy.resolve_formats("tflite_full_int8,savedmodel") == ["savedmodel", "tflite_full_int8"]
