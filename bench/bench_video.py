@@ -7,8 +7,9 @@ round: the bare model on the video's frames already decoded in memory (the Keras
 in a tf.function, logits to NumPy, batch 1: the reference), Predictor.probabilities the same
 way, and video.run_stream end to end (decode, model, masks, overlay, encode, JSON lines; reader
 and writer threads overlap the model) with the per-frame call predict.py makes
-(video.frame_model), plain and with --navigation safe --smooth 0.5 (which need probabilities
-and plan on every frame).
+(video.frame_model), plain, with --navigation safe --smooth 0.5 (which need probabilities
+and plan on every frame: the image-strip planner), and the same with --planner grid (the
+ground grid, kit/ground.py, with the simulated vehicle's camera).
 
 The goal is a loop at >= 90% of the bare model's frames/s. A shared or virtual machine's speed
 drifts by 10-30% from one minute to the next, so each round runs every variant back to back,
@@ -32,7 +33,9 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from kit import ground
 from kit import navigation
+from kit import scene
 import predict
 from kit import inference
 from kit import video
@@ -85,7 +88,10 @@ def main(args):
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     predictor = inference.Predictor(model)
     classes = ClassTable.voc()
-    nav = video.NavigationSpec("safe", navigation.class_costs_for(classes.names))
+    costs = navigation.class_costs_for(classes.names)
+    nav = video.NavigationSpec("safe", costs)
+    grid_nav = video.NavigationSpec("safe", costs, ground=ground.GroundNavigator(
+        scene.CAMERA, ground.Grid(length=4.0, width=4.0, cell=0.05), "safe", costs))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clip = tmp / "clip.mp4"
@@ -105,7 +111,8 @@ def main(args):
                                             predict.overlay, nav=nav)
 
         runs = {"bare_model": bare, "bare_probabilities": bare_probabilities, "video_loop": loop(),
-                "video_loop_navigation_smooth": loop(nav=nav, smooth=0.5)}
+                "video_loop_navigation_smooth": loop(nav=nav, smooth=0.5),
+                "video_loop_grid_navigation_smooth": loop(nav=grid_nav, smooth=0.5)}
         for fn in runs.values():  # trace every graph and warm every path once before timing
             fn()
         fps = {name: [] for name in runs}
@@ -128,8 +135,9 @@ def main(args):
               "fraction_of_bare_model_paired_median": {
                   k: round(statistics.median(a / b for a, b in zip(fps[k], fps["bare_model"])), 3) for k in loops},
               # Smoothing and navigation need probabilities: their softmax is part of the price.
-              "navigation_smooth_fraction_of_bare_probabilities_paired_median": round(statistics.median(
-                  a / b for a, b in zip(fps["video_loop_navigation_smooth"], fps["bare_probabilities"])), 3),
+              "navigation_fraction_of_bare_probabilities_paired_median": {
+                  k: round(statistics.median(a / b for a, b in zip(fps[k], fps["bare_probabilities"])), 3)
+                  for k in loops if "navigation" in k},
               "fraction_of_bare_model_per_round": {
                   k: [round(a / b, 3) for a, b in zip(fps[k], fps["bare_model"])] for k in loops}}
     emit(result, args.out)

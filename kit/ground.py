@@ -526,7 +526,11 @@ class GroundNavigator:
 
     def navigate(self, probs: npt.ArrayLike, prefer: float = 0.0) -> dict:
         """(H, W, C) probabilities -> ArcPlanner.plan's dict plus "cost_map" (H, W) and "cells" (rows, cols)."""
-        cost = navigation.cost_map(probs, self.profile, self.class_costs)
+        return self.navigate_cost(navigation.cost_map(probs, self.profile, self.class_costs), prefer)
+
+    def navigate_cost(self, cost: npt.ArrayLike, prefer: float = 0.0) -> dict:
+        """navigate() from an (H, W) cost map already made (a video loop's graph makes it)."""
+        cost = np.asarray(cost, np.float32)
         cells = self.projector(cost.shape[1], cost.shape[0]).project(cost)
         return {**self.planner.plan(cells, prefer=prefer), "cost_map": cost, "cells": cells}
 

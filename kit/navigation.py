@@ -191,7 +191,8 @@ def _resolve_costs(class_costs, num_classes: int) -> np.ndarray:
     return costs.astype(np.float32)
 
 
-def _profile(profile: str | Profile) -> Profile:
+def profile_of(profile: str | Profile) -> Profile:
+    """The Profile a name in PROFILES stands for (a Profile passes through); ValueError if unknown."""
     if isinstance(profile, Profile):
         return profile
     if profile not in PROFILES:
@@ -269,7 +270,7 @@ def cost_map(probs: npt.ArrayLike, profile: str | Profile = "safe",
     Returns:
         (H, W) float32 cost in [0, 1].
     """
-    spec = _profile(profile)
+    spec = profile_of(profile)
     p = np.asarray(probs, dtype=np.float32)
     if p.ndim != 3 or 0 in p.shape:
         raise ValueError(f"expected (H, W, C) class probabilities, got shape {p.shape}")

@@ -4,12 +4,13 @@
     python predict.py --model model.tflite --camera 0 --navigation safe --out runs/   # Ctrl-C stops
 
 predict.py wires this up; `run_stream` does the work. Three threads overlap: a reader decodes
-frames (OpenCV) into a bounded queue, the caller's thread runs the model (the only step that
-must be serial, and the one that uses the cores), and a writer, at a lower scheduling priority,
-turns masks into class fractions, navigation and overlays and encodes the video and the JSON
-lines. Bounded queues keep memory flat and stop the reader running ahead of a slow model.
-Every per-class step (argmax, smoothing) runs inside the model's graph (`frame_model`): on a
-2-core CPU the writer's NumPy work otherwise comes straight out of the model's time.
+frames (OpenCV) into a bounded queue, the caller's thread runs the model (the step that uses
+the cores), and a writer, at a lower scheduling priority, finishes each frame (softmax,
+smoothing, argmax and cost map, in one compiled graph: FrameModel), turns masks into class
+fractions, navigation and overlays and encodes the video and the JSON lines. Bounded queues keep memory flat and stop the reader running ahead of a slow model.
+Every per-class step runs in a TensorFlow graph, not in NumPy, so only (H, W) masks and cost
+maps reach the writer's Python: on a 2-core CPU NumPy work there comes straight out of the
+model's time.
 
 Per frame, `NAME.jsonl` holds {"frame", "time_ms", "predicted", "class_fractions": {class
 name: fraction of pixels}} and, with navigation, {"heading", "stop", "sector_costs"} (the
@@ -36,7 +37,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -71,7 +72,7 @@ class NavigationSpec:
     """What navigation.navigate (image strips) or a ground.GroundNavigator (the grid) needs
     besides the probabilities."""
 
-    profile: str
+    profile: str | navigation.Profile  # a name in navigation.PROFILES, or a Profile
     class_costs: np.ndarray  # (C,) from navigation.class_costs_for(class names)
     sectors: int = 5
     stop_threshold: float = 0.5
@@ -83,6 +84,12 @@ class NavigationSpec:
         if self.ground is not None:
             return self.ground.navigate(probs)
         return navigation.navigate(probs, self.profile, self.class_costs, self.sectors, self.stop_threshold)
+
+    def navigate_cost(self, cost: np.ndarray) -> dict:
+        """navigate() from the (H, W) cost map navigation.cost_map would make of the probabilities."""
+        if self.ground is not None:
+            return self.ground.navigate_cost(cost)
+        return {**navigation.plan(cost, self.sectors, self.stop_threshold), "cost_map": cost}
 
     def record(self, result: dict) -> dict:
         """The JSON-lines fields of a navigate() result."""
@@ -262,36 +269,74 @@ def draw_ground_navigation(frame: np.ndarray, result: dict, navigator: ground.Gr
     return out
 
 
-def frame_model(predictor, smooth: float = 0.0, nav: NavigationSpec | None = None
-                ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+class Prediction(NamedTuple):
+    """What frame_model gives the writer for one frame."""
+
+    mask: np.ndarray  # (H, W) uint8 class indices
+    probs: np.ndarray | None = None  # (H, W, C) float32, for navigation to make its cost map from
+    cost: np.ndarray | None = None  # (H, W) float32 cost map, when the model's graph made it
+
+
+class FrameModel:
     """The per-frame model call for run_stream, from an inference.Predictor (TensorFlow) or an
-    onboard.Predictor (NumPy, for .tflite and .onnx without TensorFlow).
+    onboard.Predictor (NumPy, for .tflite and .onnx without TensorFlow), in two steps.
 
-    (1, H, W, 3) float32 -> ((H, W) uint8 mask, (H, W, C) float32 probabilities, or None when
-    `nav` is not given). Everything per-class happens in the model's graph, on the model's
-    thread: the argmax (of the logits when there is nothing to smooth or plan on), and the
-    exponential moving average of the probabilities over the frames it is called on, p =
-    smooth * previous + (1 - smooth) * new, so masks do not flicker (0: no smoothing). The
-    probabilities are copied out only for navigation.
+    `model(x)` runs on the model's thread and `finish(out)` on the writer's, in frame order;
+    calling the FrameModel does both: (1, H, W, 3) float32 -> Prediction. With nothing to
+    smooth or plan on, the model's graph gives the argmax of the logits and finish has nothing
+    left to do. Otherwise, with TensorFlow, only the network runs on the model's thread
+    (inference.Predictor.frame_scores), and the softmax, the exponential moving average of the
+    probabilities over the frames it is called on, p = smooth * previous + (1 - smooth) * new
+    (so masks do not flicker; 0: no smoothing), its argmax and, with `nav`, the cost map run on
+    the writer's thread in one XLA-compiled graph (finish_frame), while the model works on the
+    next frame: on a 2-core CPU the network leaves about a third of a core idle, and the
+    per-class work then fits in it instead of coming out of the model's time. Only an (H, W)
+    mask and an (H, W) cost map leave that graph. An onboard.Predictor smooths on the model's
+    thread and hands the (H, W, C) average to the writer, which makes the cost map in NumPy.
     """
-    smooth = check_smooth(smooth)
-    if smooth == 0.0 and nav is None:
-        return lambda x: (predictor.masks(x)[0], None)
-    average = None  # (1, H, W, C) tf.Tensor or np.ndarray, the running average so far
 
-    def call(x):
-        nonlocal average
-        average, mask = predictor.smoothed(x, average, smooth)
-        return np.asarray(mask[0]), (np.asarray(average[0]) if nav is not None else None)
+    def __init__(self, predictor, smooth: float = 0.0, nav: NavigationSpec | None = None):
+        self.predictor, self.smooth, self.nav = predictor, check_smooth(smooth), nav
+        self.plain = self.smooth == 0.0 and nav is None
+        self.split = not self.plain and hasattr(predictor, "finish_frame")
+        self.average = None  # (1, H, W, C) tf.Tensor or np.ndarray, the running average so far
+        self.profile = self.costs = None
+        if nav is not None:  # the grid planner's cost map is made with its own profile and class costs
+            self.profile, self.costs = ((nav.ground.profile, nav.ground.class_costs) if nav.ground is not None
+                                        else (nav.profile, nav.class_costs))
 
-    return call
+    def model(self, x: np.ndarray):
+        """The model's thread's part: a Prediction, or the model's scores for finish()."""
+        if self.plain:
+            return Prediction(self.predictor.masks(x)[0])
+        if self.split:
+            return self.predictor.frame_scores(x)  # ((1, H, W, C) tf.Tensor, logits?)
+        self.average, mask = self.predictor.smoothed(x, self.average, self.smooth)
+        return Prediction(np.asarray(mask[0]), np.asarray(self.average[0]) if self.nav is not None else None)
+
+    def finish(self, out) -> Prediction:
+        """The writer's thread's part, in frame order: model()'s result -> Prediction."""
+        if isinstance(out, Prediction):
+            return out
+        scores, logits = out
+        self.average, mask, cost = self.predictor.finish_frame(scores, logits, self.average, self.smooth,
+                                                               self.profile, self.costs)
+        return Prediction(np.asarray(mask[0]), cost=None if cost is None else np.asarray(cost[0]))
+
+    def __call__(self, x: np.ndarray) -> Prediction:
+        return self.finish(self.model(x))
+
+
+def frame_model(predictor, smooth: float = 0.0, nav: NavigationSpec | None = None) -> FrameModel:
+    """FrameModel(predictor, smooth, nav): the per-frame call predict.py gives run_stream."""
+    return FrameModel(predictor, smooth, nav)
 
 
 class _Annotator:
     """A prediction (or None, for a skipped frame) -> annotated frame and JSON record.
 
-    A prediction is ((H, W) mask, (H, W, C) probabilities or None), as frame_model returns;
-    navigation needs the probabilities. Runs on the writer thread, in frame order.
+    A prediction is a Prediction, as frame_model returns; navigation needs its cost map or
+    its probabilities. Runs on the writer thread, in frame order.
     """
 
     def __init__(self, classes: ClassTable, alpha: float, nav: NavigationSpec | None,
@@ -303,13 +348,16 @@ class _Annotator:
 
     def __call__(self, frame: np.ndarray, prediction: tuple | None, index: int = 0) -> tuple[np.ndarray, dict]:
         if prediction is not None:
-            mask, probs = prediction
-            self.mask = np.asarray(mask, dtype=np.uint8)  # (H, W)
+            self.mask = np.asarray(prediction.mask, dtype=np.uint8)  # (H, W)
             self.record = {"class_fractions": class_fractions(self.mask, self.classes.names)}
             if self.nav is not None:
-                if probs is None:
-                    raise ValueError("navigation needs (H, W, C) probabilities from the model: use frame_model(..., nav)")
-                self.result = self.nav.navigate(probs)
+                if prediction.cost is not None:
+                    self.result = self.nav.navigate_cost(prediction.cost)
+                elif prediction.probs is not None:
+                    self.result = self.nav.navigate(prediction.probs)
+                else:
+                    raise ValueError("navigation needs (H, W, C) probabilities or an (H, W) cost map from the model: "
+                                     "use frame_model(..., nav)")
                 self.record.update(self.nav.record(self.result))
                 if self.grid_dir is not None:
                     ground.save_map(self.result["cells"], self.nav.ground.grid, self.grid_dir / f"frame_{index:06d}")
@@ -327,8 +375,9 @@ def run_stream(predict: Callable[[np.ndarray], tuple], source: str | Path | int,
     """Segment every frame of a video file or camera; write OUT/NAME_overlay.mp4 and OUT/NAME.jsonl.
 
     Args:
-        predict: (1, H, W, 3) float32 RGB -> ((H, W) uint8 mask, (H, W, C) probabilities or None):
-            `frame_model(predictor, smooth, nav)`, which also smooths over time.
+        predict: a FrameModel (`frame_model(predictor, smooth, nav)`, which also smooths over time
+            and, with `nav`, makes the cost map; its second step runs on the writer's thread), or
+            any (1, H, W, 3) float32 RGB -> Prediction callable.
         source: a video file, or an int: a camera index for cv2.VideoCapture.
         overlay: (image, mask, classes, alpha) -> RGB uint8 (predict.overlay).
         every: run the model on every Nth frame (1: all); the others reuse its prediction.
@@ -351,7 +400,7 @@ def run_stream(predict: Callable[[np.ndarray], tuple], source: str | Path | int,
     stop_reading = threading.Event()  # the reader stops (end of input, Ctrl-C on a camera, a failure)
     abort = threading.Event()  # everything stops now (a failure)
     frames_in: queue.Queue = queue.Queue(QUEUE_FRAMES)  # (index, time_ms, RGB uint8, float32 batch or None)
-    frames_out: queue.Queue = queue.Queue(QUEUE_FRAMES)  # (index, time_ms, RGB uint8, (mask, probs) or None)
+    frames_out: queue.Queue = queue.Queue(QUEUE_FRAMES)  # (index, time_ms, RGB uint8, Prediction or None)
 
     def read():
         start, index = time.monotonic(), 0
@@ -373,6 +422,8 @@ def run_stream(predict: Callable[[np.ndarray], tuple], source: str | Path | int,
     if grid_dir is not None:
         grid_dir.mkdir(exist_ok=True)
     annotate = _Annotator(classes, alpha, nav, overlay, grid_dir)
+    # A FrameModel's second step runs here, on the writer's thread, while the model goes on.
+    run_model, finish = (predict.model, predict.finish) if isinstance(predict, FrameModel) else (predict, None)
     written = {"frames": 0}
 
     def write():
@@ -389,6 +440,8 @@ def run_stream(predict: Callable[[np.ndarray], tuple], source: str | Path | int,
                     if item is _END:
                         return
                     index, t_ms, rgb, prediction = item
+                    if prediction is not None and finish is not None:
+                        prediction = finish(prediction)
                     annotated, record = annotate(rgb, prediction, index)
                     if writer is None:
                         height, width = annotated.shape[:2]
@@ -428,7 +481,7 @@ def run_stream(predict: Callable[[np.ndarray], tuple], source: str | Path | int,
             index, t_ms, rgb, batch = item
             prediction = None
             if batch is not None:  # only the model runs here; everything else is on the other threads
-                prediction = predict(batch)  # ((H, W) mask, (H, W, C) probabilities or None)
+                prediction = run_model(batch)  # a Prediction, or a FrameModel's scores for the writer to finish
                 predicted += 1
             if not _put(frames_out, (index, t_ms, rgb, prediction), abort):
                 break

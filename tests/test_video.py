@@ -14,6 +14,7 @@ from PIL import Image
 
 from kit import config
 from kit import inference
+from kit import navigation
 import download_data
 import evaluate
 import predict
@@ -102,19 +103,38 @@ class _Alternating:
 
 
 def test_smoothing_averages_probabilities_over_time():
-    """With A = 0.5 frame 1's probabilities are the mean of frames 0 and 1, frame 2's 0.75 / 0.25."""
-    nav = video.NavigationSpec("safe", np.zeros(voc.NUM_CLASSES, np.float32))
+    """With A = 0.5 frame 1's probabilities are the mean of frames 0 and 1, frame 2's 0.75 / 0.25:
+    seen through a cost map that costs class 1 alone, with no uncertainty term."""
+    costs = np.zeros(voc.NUM_CLASSES, np.float32)
+    costs[1] = 1.0
+    nav = video.NavigationSpec(navigation.Profile(cost_scale=1.0, uncertainty_weight=0.0, clearance=0.01), costs)
     step = video.frame_model(inference.Predictor(_Alternating()), smooth=0.5, nav=nav)
     x = np.zeros((1, 16, 18, 3), np.float32)
     seen = [step(x) for _ in range(3)]
-    np.testing.assert_allclose([probs[0, 0, :2] for _, probs in seen], [[1.0, 0.0], [0.5, 0.5], [0.75, 0.25]],
-                               rtol=0, atol=1e-6)
-    assert [int(mask[0, 0]) for mask, _ in seen] == [0, 0, 0]  # a tie goes to the first class
+    assert all(p.probs is None and p.cost.shape == (16, 18) for p in seen)  # only the cost map leaves the graph
+    np.testing.assert_allclose([p.cost[0, 0] for p in seen], [0.0, 0.5, 0.25], rtol=0, atol=1e-6)
+    assert [int(p.mask[0, 0]) for p in seen] == [0, 0, 0]  # a tie goes to the first class
     bigger = step(np.zeros((1, 20, 18, 3), np.float32))  # a new frame size starts afresh: class 1 alone
-    np.testing.assert_allclose(bigger[1][0, 0, :2], [0.0, 1.0], rtol=0, atol=1e-6)
-    assert int(bigger[0][0, 0]) == 1
-    mask, probs = video.frame_model(inference.Predictor(_Alternating()), smooth=0.5)(x)
-    assert probs is None and mask.shape == (16, 18)  # no navigation: no probabilities copied out
+    np.testing.assert_allclose(bigger.cost[0, 0], 1.0, rtol=0, atol=1e-6)
+    assert int(bigger.mask[0, 0]) == 1
+    plain = video.frame_model(inference.Predictor(_Alternating()), smooth=0.5)(x)
+    assert plain.probs is None and plain.cost is None and plain.mask.shape == (16, 18)  # nothing else copied out
+
+
+@pytest.mark.parametrize("profile", sorted(navigation.PROFILES))
+@pytest.mark.parametrize("width", [18, 64, 101])
+def test_cost_map_in_the_graph_matches_navigation_cost_map(profile, width):
+    """inference.cost_map_graph is navigation.cost_map step for step: the expected class cost,
+    the uncertainty term, the clip and the clearance max filter (cut at the borders)."""
+    rng = np.random.default_rng(width)
+    logits = rng.normal(0, 3, (2, 23, width, voc.NUM_CLASSES)).astype(np.float32)
+    logits[:, 5:9, 3:7] += 40.0 * (np.arange(voc.NUM_CLASSES) == 15)  # a confident person: inflation shows
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    costs = navigation.class_costs_for(voc.CLASS_NAMES)
+    spec = navigation.PROFILES[profile]
+    got = inference.cost_map_graph(inference.tf.constant(probs), spec, inference.tf.constant(costs)).numpy()
+    for b in range(2):
+        np.testing.assert_allclose(got[b], navigation.cost_map(probs[b], profile, costs), rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize("value", ["1", "-0.1", "1.5", "abc"])
@@ -201,7 +221,7 @@ def test_sigterm_mid_video_still_closes_a_playable_video(clip, tmp_path):
         calls.append(1)
         if len(calls) == 4:
             os.kill(os.getpid(), signal.SIGTERM)  # handled in this (the main) thread
-        return np.zeros(x.shape[1:3], np.uint8), None
+        return video.Prediction(np.zeros(x.shape[1:3], np.uint8))
 
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
@@ -231,21 +251,26 @@ def test_class_costs_override_by_name_and_bad_ones_are_refused(model_path, clip,
         _run(model_path, "--video", clip, "--out", tmp_path, "--navigation", "safe", "--class-costs", "road=0")
 
 
-def test_plain_stream_gets_masks_from_the_model_and_navigation_gets_probabilities(model_path):
+def test_plain_stream_gets_masks_from_the_model_and_navigation_gets_a_cost_map(model_path):
     predictor = inference.Predictor(inference.load_model(model_path))
     x = np.random.default_rng(0).uniform(0, 255, (1, HEIGHT, WIDTH, 3)).astype(np.float32)
     logits = np.asarray(predictor.model(x, training=False))[0]  # (H, W, C)
-    mask, probs = video.frame_model(predictor)(x)
-    assert mask.shape == (HEIGHT, WIDTH) and mask.dtype == np.uint8 and probs is None
-    np.testing.assert_array_equal(mask, logits.argmax(-1))
-    nav = video.NavigationSpec("safe", np.zeros(voc.NUM_CLASSES, np.float32))
-    mask, probs = video.frame_model(predictor, nav=nav)(x)
-    assert probs.shape == (HEIGHT, WIDTH, voc.NUM_CLASSES) and probs.dtype == np.float32
-    np.testing.assert_allclose(probs, np.exp(logits) / np.exp(logits).sum(-1, keepdims=True), rtol=1e-5)
-    np.testing.assert_array_equal(mask, probs.argmax(-1))
+    plain = video.frame_model(predictor)(x)
+    assert plain.mask.shape == (HEIGHT, WIDTH) and plain.mask.dtype == np.uint8
+    assert plain.probs is None and plain.cost is None
+    np.testing.assert_array_equal(plain.mask, logits.argmax(-1))
+    costs = navigation.class_costs_for(voc.CLASS_NAMES)
+    nav = video.NavigationSpec("safe", costs)
+    got = video.frame_model(predictor, nav=nav)(x)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    assert got.probs is None and got.cost.shape == (HEIGHT, WIDTH) and got.cost.dtype == np.float32
+    np.testing.assert_allclose(got.cost, navigation.cost_map(probs, "safe", costs), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(got.mask, probs.argmax(-1))
     annotate = video._Annotator(ClassTable.voc(), 0.5, nav, predict.overlay)
-    with pytest.raises(ValueError, match="needs .*probabilities"):
-        annotate(x[0].astype(np.uint8), (mask, None))
+    _, record = annotate(x[0].astype(np.uint8), got)
+    assert record["heading"] == navigation.plan(got.cost)["heading"]
+    with pytest.raises(ValueError, match="needs .*probabilities or an .*cost map"):
+        annotate(x[0].astype(np.uint8), video.Prediction(got.mask))
 
 
 def test_overlay_blends_classes_and_keeps_background_pixels():
@@ -274,7 +299,7 @@ def test_writer_thread_yields_to_the_model_and_the_reader_does_not(clip, tmp_pat
         seen.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return predict.overlay(frame, mask, table, alpha)
 
-    video.run_stream(lambda x: (np.zeros(x.shape[1:3], np.uint8), None), clip, tmp_path, classes, overlay,
+    video.run_stream(lambda x: video.Prediction(np.zeros(x.shape[1:3], np.uint8)), clip, tmp_path, classes, overlay,
                      max_frames=3)
     assert seen == {min(19, base + video.WRITER_NICE)}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the model's thread is untouched
@@ -287,6 +312,6 @@ def test_a_priority_that_cannot_be_lowered_warns_and_the_stream_still_runs(clip,
 
     monkeypatch.setattr(video.os, "setpriority", refuse)
     with pytest.warns(RuntimeWarning, match="video-writer"):
-        result = video.run_stream(lambda x: (np.zeros(x.shape[1:3], np.uint8), None), clip, tmp_path,
+        result = video.run_stream(lambda x: video.Prediction(np.zeros(x.shape[1:3], np.uint8)), clip, tmp_path,
                                   ClassTable.voc(), predict.overlay, max_frames=4)
     assert result["frames"] == 4
