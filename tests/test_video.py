@@ -5,6 +5,7 @@ One tiny untrained model (64 px, MobileNetV2 without pretrained weights) serves 
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import cv2
@@ -271,6 +272,33 @@ def test_plain_stream_gets_masks_from_the_model_and_navigation_gets_a_cost_map(m
     assert record["heading"] == navigation.plan(got.cost)["heading"]
     with pytest.raises(ValueError, match="needs .*probabilities or an .*cost map"):
         annotate(x[0].astype(np.uint8), video.Prediction(got.mask))
+
+
+def test_a_frame_model_finishes_frames_on_the_writer_thread_in_order(model_path, clip, tmp_path):
+    """run_stream runs only the network on the caller's thread; the softmax, smoothing and cost
+    map (FrameModel.finish) run on the writer's, in frame order, and give what one call gives."""
+    predictor = inference.Predictor(inference.load_model(model_path))
+    nav = video.NavigationSpec("safe", navigation.class_costs_for(voc.CLASS_NAMES))
+    seen = []
+
+    class Recording(video.FrameModel):
+        def model(self, x):
+            seen.append(("model", threading.current_thread().name))
+            return super().model(x)
+
+        def finish(self, out):
+            seen.append(("finish", threading.current_thread().name))
+            return super().finish(out)
+
+    video.run_stream(Recording(predictor, 0.5, nav), clip, tmp_path / "split", ClassTable.voc(), predict.overlay,
+                     nav=nav)
+    assert {name for step, name in seen if step == "model"} == {threading.main_thread().name}
+    assert {name for step, name in seen if step == "finish"} == {"video-writer"}
+    assert [step for step, _ in seen].count("finish") == FRAMES
+    # The same frames through one call each (model and finish on this thread) give the same lines.
+    whole = video.frame_model(predictor, 0.5, nav)
+    video.run_stream(lambda x: whole(x), clip, tmp_path / "whole", ClassTable.voc(), predict.overlay, nav=nav)
+    assert _lines(tmp_path / "split" / "drive.jsonl") == _lines(tmp_path / "whole" / "drive.jsonl")
 
 
 def test_overlay_blends_classes_and_keeps_background_pixels():
