@@ -163,21 +163,40 @@ def _filter_gradient(x, dy, kernel_size, rate):
     x: (B, H, W, C_in), dy: (B, H, W, C_out).
     """
     kh, kw = kernel_size
-    h, w = tf.shape(x)[1], tf.shape(x)[2]
+    taps = []  # a tap that reads only padding multiplies empty slices: zeros, in its place
+    for _, _, (di, dj), (y0, y1, x0, x1) in _tap_windows(tf.shape(x)[1], tf.shape(x)[2], kernel_size, rate):
+        inputs = x[:, y0 + di:y1 + di, x0 + dj:x1 + dj, :]
+        grads = dy[:, y0:y1, x0:x1, :]
+        taps.append(_pixel_matmul(inputs, grads))  # (C_in, C_out)
+    return tf.reshape(tf.stack(taps), (kh, kw, x.shape[-1], dy.shape[-1]))
+
+
+def _at_least(value, low):
+    """max(value, low): a Python int when both are, so that a statically empty window is known."""
+    return max(value, low) if isinstance(value, int) else tf.maximum(value, low)
+
+
+def _at_most(value, high):
+    """min(value, high): a Python int when both are."""
+    return min(value, high) if isinstance(high, int) else tf.minimum(value, high)
+
+
+def _tap_windows(h, w, kernel_size, rate):
+    """The taps of a stride-1 "same" conv with an odd kernel dilated by `rate`, on an (h, w)
+    map (Python ints, or scalar tensors when unknown), as (i, j, (di, dj), (y0, y1, x0, x1)):
+    tap (i, j) of output pixel (y, x) reads input pixel (y + di, x + dj), and output rows
+    y0:y1 and columns x0:x1 are those where it reads inside the map. y1 >= y0 and x1 >= x0 keep
+    the slices' bounds non-negative (a negative one would count from the end) when a tap's
+    offset is at least the map's size; then the window is empty (y1 == y0 or x1 == x0), known
+    as Python ints when h and w are."""
+    kh, kw = kernel_size
     ph, pw = rate[0] * (kh - 1) // 2, rate[1] * (kw - 1) // 2
-    taps = []
     for i in range(kh):
         di = i * rate[0] - ph
         for j in range(kw):
             dj = j * rate[1] - pw
-            # Output rows y with 0 <= y + di < h, columns likewise; y1 >= y0 keeps both slices'
-            # bounds non-negative (a negative one would count from the end) when |offset| >= size.
             y0, x0 = max(0, -di), max(0, -dj)
-            y1, x1 = tf.maximum(h - max(0, di), y0), tf.maximum(w - max(0, dj), x0)
-            inputs = x[:, y0 + di:y1 + di, x0 + dj:x1 + dj, :]
-            grads = dy[:, y0:y1, x0:x1, :]
-            taps.append(_pixel_matmul(inputs, grads))  # (C_in, C_out)
-    return tf.reshape(tf.stack(taps), (kh, kw, x.shape[-1], dy.shape[-1]))
+            yield i, j, (di, dj), (y0, _at_least(h - max(0, di), y0), x0, _at_least(w - max(0, dj), x0))
 
 
 def portable_dilated_conv2d(x, kernel, rate):
@@ -229,23 +248,16 @@ def _taps_conv(x, kernel, rate):
     padded back to the full map. x: (B, H, W, C_in), kernel: (kh, kw, C_in, C_out), odd
     kernel, stride 1, "same" -> (B, H, W, C_out). A tap that reads only padding is skipped when
     the map's size is known, and multiplies an empty slice when it is not."""
-    kh, kw = kernel.shape[:2]
     h, w = _size(x, 1), _size(x, 2)
-    ph, pw = rate[0] * (kh - 1) // 2, rate[1] * (kw - 1) // 2
     parts = []
-    for i in range(kh):
-        di = i * rate[0] - ph
-        for j in range(kw):
-            dj = j * rate[1] - pw
-            y0, x0 = max(0, -di), max(0, -dj)
-            y1, x1 = tf.maximum(h - max(0, di), y0), tf.maximum(w - max(0, dj), x0)
-            if isinstance(y1, int) and isinstance(x1, int) and (y1 == y0 or x1 == x0):
-                continue  # statically known to read only padding
-            part = tf.einsum("bhwc,cf->bhwf", x[:, y0 + di:y1 + di, x0 + dj:x1 + dj, :], kernel[i, j])
-            # Pad back to (H, W); an empty part (a tap past the edge, |offset| >= size) starts
-            # at the edge so that the padding stays non-negative.
-            top, left = tf.minimum(y0, h), tf.minimum(x0, w)
-            parts.append(tf.pad(part, [[0, 0], [top, h - top - (y1 - y0)], [left, w - left - (x1 - x0)], [0, 0]]))
+    for i, j, (di, dj), (y0, y1, x0, x1) in _tap_windows(h, w, kernel.shape[:2], rate):
+        if isinstance(y1, int) and isinstance(x1, int) and (y1 == y0 or x1 == x0):
+            continue  # statically known to read only padding
+        part = tf.einsum("bhwc,cf->bhwf", x[:, y0 + di:y1 + di, x0 + dj:x1 + dj, :], kernel[i, j])
+        # Pad back to (H, W); an empty part (a tap past the edge, |offset| >= size) starts
+        # at the edge so that the padding stays non-negative.
+        top, left = _at_most(y0, h), _at_most(x0, w)
+        parts.append(tf.pad(part, [[0, 0], [top, h - top - (y1 - y0)], [left, w - left - (x1 - x0)], [0, 0]]))
     if not parts:  # every tap reads padding: the output is zeros
         return tf.zeros(tf.concat([tf.shape(x)[:3], [kernel.shape[-1]]], 0), x.dtype)
     return tf.add_n(parts)
