@@ -74,10 +74,10 @@ def cost_map_graph(probs: tf.Tensor, profile: navigation.Profile, class_costs: t
     """navigation.cost_map in TensorFlow, step for step: (B, H, W, C) probabilities and (C,)
     class costs -> (B, H, W) float32 cost in [0, 1], inflated by the profile's clearance at W.
 
-    For a video loop's graph: on a 2-core CPU the NumPy cost map on the writer thread (a
-    (H, W, C) copy out of the graph, a matrix product, a max over classes, a max filter) comes
-    straight out of the model's time. The probabilities are a softmax here, so cost_map's check
-    that they are not logits has nothing to catch. A max pool with SAME padding skips the
+    For a video frame's compiled graph (Predictor.finish_frame): there it fuses with the
+    softmax and the running average, where NumPy's would copy the (H, W, C) map out of the
+    graph and pass over it several times. The probabilities are a softmax here, so cost_map's
+    check that they are not logits has nothing to catch. A max pool with SAME padding skips the
     padding, as max_filter cuts its window at the border; two 1-D pools (rows, then columns)
     give the same square max at a fraction of a square pool's compares.
     """
