@@ -365,5 +365,11 @@ def navigate(probs: npt.ArrayLike, profile: str | Profile = "safe",
     Returns:
         plan's dict with "cost_map": the (H, W) float32 cost map it planned on.
     """
-    cost = cost_map(probs, profile=profile, class_costs=class_costs)
+    return navigate_cost(cost_map(probs, profile=profile, class_costs=class_costs), sectors, stop_threshold)
+
+
+def navigate_cost(cost: npt.ArrayLike, sectors: int = 5, stop_threshold: float = 0.5) -> dict:
+    """navigate() from an (H, W) cost map already made (a video loop's graph makes it):
+    plan's dict with "cost_map"."""
+    cost = np.asarray(cost, dtype=np.float32)
     return {**plan(cost, sectors=sectors, stop_threshold=stop_threshold), "cost_map": cost}

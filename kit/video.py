@@ -7,10 +7,10 @@ predict.py wires this up; `run_stream` does the work. Three threads overlap: a r
 frames (OpenCV) into a bounded queue, the caller's thread runs the model (the step that uses
 the cores), and a writer, at a lower scheduling priority, finishes each frame (softmax,
 smoothing, argmax and cost map, in one compiled graph: FrameModel), turns masks into class
-fractions, navigation and overlays and encodes the video and the JSON lines. Bounded queues keep memory flat and stop the reader running ahead of a slow model.
-Every per-class step runs in a TensorFlow graph, not in NumPy, so only (H, W) masks and cost
-maps reach the writer's Python: on a 2-core CPU NumPy work there comes straight out of the
-model's time.
+fractions, navigation and overlays and encodes the video and the JSON lines. Bounded queues
+keep memory flat and stop the reader running ahead of a slow model. Every per-class step runs
+in a TensorFlow graph, not in NumPy, so only (H, W) masks and cost maps reach the writer's
+Python: on a 2-core CPU NumPy work there comes straight out of the model's time.
 
 Per frame, `NAME.jsonl` holds {"frame", "time_ms", "predicted", "class_fractions": {class
 name: fraction of pixels}} and, with navigation, {"heading", "stop", "sector_costs"} (the
@@ -89,7 +89,7 @@ class NavigationSpec:
         """navigate() from the (H, W) cost map navigation.cost_map would make of the probabilities."""
         if self.ground is not None:
             return self.ground.navigate_cost(cost)
-        return {**navigation.plan(cost, self.sectors, self.stop_threshold), "cost_map": cost}
+        return navigation.navigate_cost(cost, self.sectors, self.stop_threshold)
 
     def record(self, result: dict) -> dict:
         """The JSON-lines fields of a navigate() result."""
@@ -369,7 +369,7 @@ class _Annotator:
         return annotated, self.record
 
 
-def run_stream(predict: Callable[[np.ndarray], tuple], source: str | Path | int, out: str | Path,
+def run_stream(predict: Callable[[np.ndarray], Prediction], source: str | Path | int, out: str | Path,
                classes: ClassTable, overlay: Callable, alpha: float = 0.5, every: int = 1,
                nav: NavigationSpec | None = None, max_frames: int | None = None) -> dict:
     """Segment every frame of a video file or camera; write OUT/NAME_overlay.mp4 and OUT/NAME.jsonl.
