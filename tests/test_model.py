@@ -270,6 +270,53 @@ def test_pointwise_conv_trains_by_matmul_in_bfloat16_with_conv2d_gradients(monke
         np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * np.abs(a).max())
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("cls,kernel,strides", [("BiasConv2D", 3, 1), ("BiasConv2D", 1, 2),
+                                                ("PointwiseConv2D", 1, 1), ("DilatedConv2D", 3, 1)])
+def test_training_bias_gradient_by_matvec_matches_conv2d(monkeypatch, policy, cls, kernel, strides):
+    """Our conv classes, in a training step on a CPU, add the bias through add_bias_matvec and
+    give Keras Conv2D's output and gradients (to bfloat16 rounding in mixed precision)."""
+    monkeypatch.delenv(deeplab.DILATED_CONV_ENV, raising=False)
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the matvec bias gradient is for CPUs")
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(2, 7, 6, 128)).astype("float32"))
+    plain = keras.layers.Conv2D(96, kernel, strides=strides, padding="same", dtype=policy)
+    ours = getattr(deeplab, cls)(96, kernel, strides=strides, padding="same", dtype=policy)
+    for layer in (plain, ours):
+        layer.build(x.shape)
+    ours.set_weights([w + 0.1 * rng.normal(size=w.shape).astype("float32") for w in plain.get_weights()])
+    plain.set_weights(ours.get_weights())  # a non-zero bias, the same in both
+    used, original = [], deeplab.add_bias_matvec
+    monkeypatch.setattr(deeplab, "add_bias_matvec", lambda *a: used.append(1) or original(*a))
+    results = []
+    for layer in (plain, ours):
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = tf.cast(layer(x, training=True), tf.float32)
+                loss = tf.reduce_sum(y * tf.cos(y))
+            return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
+
+        results.append([np.asarray(tf.cast(t, tf.float32)) for t in step(x)])
+    assert used, f"the {cls} training step did not add its bias through add_bias_matvec"
+    tol = 1e-4 if policy == "float32" else 0.05
+    for a, b in zip(*results):
+        np.testing.assert_allclose(b, a, rtol=tol, atol=tol * np.abs(a).max())
+    used.clear()
+    ours(x, training=False)
+    assert not used  # inference is Conv2D's bias add
+
+
+def test_unfused_bias_gradient_follows_the_stock_kernel_setting(monkeypatch):
+    monkeypatch.setenv(deeplab.DILATED_CONV_ENV, "keras")
+    assert not deeplab.bias_gradient_by_matvec(True)
+    monkeypatch.delenv(deeplab.DILATED_CONV_ENV)
+    assert deeplab.bias_gradient_by_matvec(True) == (not tf.config.list_physical_devices("GPU"))
+    assert not deeplab.bias_gradient_by_matvec(False)
+
+
 def test_resnet_1x1_convs_are_pointwise_and_a_training_call_reaches_them(monkeypatch):
     monkeypatch.delenv(deeplab.DILATED_CONV_ENV, raising=False)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -280,6 +327,9 @@ def test_resnet_1x1_convs_are_pointwise_and_a_training_call_reaches_them(monkeyp
     pointwise = [layer.name for layer in model.layers if isinstance(layer, deeplab.PointwiseConv2D)]
     assert "conv4_block2_1_conv" in pointwise and "conv5_block1_0_conv" in pointwise
     assert "conv1_conv" not in pointwise and "conv3_block1_0_conv" not in pointwise  # 7x7; stride 2
+    # The others with a bias (7x7, 3x3, stride 2) take the matvec bias gradient.
+    assert all(isinstance(model.get_layer(name), deeplab.BiasConv2D)
+               for name in ("conv1_conv", "conv3_block1_0_conv", "conv2_block1_2_conv", "conv5_block1_2_conv"))
     # The re-classed keras.applications layers get `training` in a model's training call.
     seen = []
     original = deeplab.matmul_gradient_applies
@@ -297,6 +347,7 @@ def test_a_model_with_pointwise_convs_reloads_with_safe_mode(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     assert type(loaded.get_layer("conv4_block2_1_conv")) is deeplab.PointwiseConv2D
+    assert type(loaded.get_layer("conv2_block1_2_conv")) is deeplab.BiasConv2D
     x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(loaded(x, training=False), model(x, training=False), rtol=1e-5, atol=1e-5)
 
