@@ -237,6 +237,19 @@ def test_in_bounds_fraction_of_aspp_and_conv5():
     assert deeplab.in_bounds_fraction((None, 24), (3, 3), (6, 6)) is None
 
 
+def _training_step_outputs(layer, x):
+    """[y, dloss/dx, dloss/dkernel, dloss/dbias] of one training call of `layer`, as float32."""
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.cast(layer(x, training=True), tf.float32)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
+
+    return [np.asarray(tf.cast(t, tf.float32)) for t in step(x)]
+
+
 def test_pointwise_conv_trains_by_matmul_in_bfloat16_with_conv2d_gradients(monkeypatch):
     """A 1x1 conv with enough channels, in a mixed-bfloat16 training step, takes the matmul
     kernel gradient and gives Conv2D's output and gradients (to bfloat16 rounding)."""
@@ -254,17 +267,7 @@ def test_pointwise_conv_trains_by_matmul_in_bfloat16_with_conv2d_gradients(monke
     assert not deeplab.matmul_gradient_applies(pointwise, False)  # inference is Conv2D's
     used, original = [], deeplab.matmul_gradient_conv1x1
     monkeypatch.setattr(deeplab, "matmul_gradient_conv1x1", lambda *a: used.append(1) or original(*a))
-    results = []
-    for layer in (plain, pointwise):
-        @tf.function
-        def step(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = tf.cast(layer(x, training=True), tf.float32)
-                loss = tf.reduce_sum(y * tf.cos(y))
-            return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
-
-        results.append([np.asarray(tf.cast(t, tf.float32)) for t in step(x)])
+    results = [_training_step_outputs(layer, x) for layer in (plain, pointwise)]
     assert used, "the bfloat16 training step did not take the matmul kernel gradient"
     for a, b in zip(*results):
         np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * np.abs(a).max())
@@ -289,17 +292,7 @@ def test_training_bias_gradient_by_matvec_matches_conv2d(monkeypatch, policy, cl
     plain.set_weights(ours.get_weights())  # a non-zero bias, the same in both
     used, original = [], deeplab.add_bias_matvec
     monkeypatch.setattr(deeplab, "add_bias_matvec", lambda *a: used.append(1) or original(*a))
-    results = []
-    for layer in (plain, ours):
-        @tf.function
-        def step(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = tf.cast(layer(x, training=True), tf.float32)
-                loss = tf.reduce_sum(y * tf.cos(y))
-            return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
-
-        results.append([np.asarray(tf.cast(t, tf.float32)) for t in step(x)])
+    results = [_training_step_outputs(layer, x) for layer in (plain, ours)]
     assert used, f"the {cls} training step did not add its bias through add_bias_matvec"
     tol = 1e-4 if policy == "float32" else 0.05
     for a, b in zip(*results):
