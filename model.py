@@ -357,7 +357,7 @@ def bias_gradient_by_matvec(training: bool) -> bool:
             and not tf.config.list_physical_devices("GPU"))
 
 
-def _conv_call(layer: layers.Conv2D, inputs, outputs, training: bool):
+def _conv_call(layer: layers.Conv2D, outputs, training: bool):
     """Conv2D.call's bias and activation after our own convolution `outputs` (channels last)."""
     if layer.use_bias and bias_gradient_by_matvec(training):
         outputs = add_bias_matvec(outputs, ops.cast(layer.bias, outputs.dtype))
@@ -368,26 +368,30 @@ def _conv_call(layer: layers.Conv2D, inputs, outputs, training: bool):
 
 @keras.saving.register_keras_serializable(package="deeplab")
 class BiasConv2D(layers.Conv2D):
-    """A Conv2D whose training step on a CPU takes the bias gradient by `add_bias_matvec`.
-    Conv2D everywhere else: same weights and config. keras.applications' convs with a bias
-    are re-classed to it (or to its 1x1 subclass, PointwiseConv2D) by build_deeplabv3."""
+    """A Conv2D whose training step on a CPU takes the bias gradient by `add_bias_matvec`, and
+    the kernel gradient by `matmul_gradient_conv1x1` where that applies (see
+    `matmul_gradient_applies`). Conv2D everywhere else: same weights and config.
+    keras.applications' convs with a bias are re-classed to it (their 1x1 stride-1 convs to
+    its subclass PointwiseConv2D) by build_deeplabv3."""
 
     def call(self, inputs, training=None):
+        # Conv2D.call, with the kernel chosen by `training` (Keras passes it in a training step).
         if self.data_format != "channels_last":
-            return super().call(inputs)
-        return _conv_call(self, inputs, self.convolution_op(inputs, self.kernel), bool(training))
+            return layers.Conv2D.call(self, inputs)
+        training = bool(training)
+        if matmul_gradient_applies(self, training):
+            outputs = matmul_gradient_conv1x1(inputs, tf.convert_to_tensor(self.kernel))
+        else:
+            outputs = self._convolve(inputs, self.kernel, training)
+        return _conv_call(self, outputs, training)
+
+    def _convolve(self, inputs, kernel, training: bool):
+        return self.convolution_op(inputs, kernel)
 
 
 @keras.saving.register_keras_serializable(package="deeplab")
 class PointwiseConv2D(BiasConv2D):
-    """A BiasConv2D that trains through `matmul_gradient_conv1x1` where that is faster (see
-    `matmul_gradient_applies`)."""
-
-    def call(self, inputs, training=None):
-        if matmul_gradient_applies(self, bool(training)):
-            kernel = tf.convert_to_tensor(self.kernel)
-            return _conv_call(self, inputs, matmul_gradient_conv1x1(inputs, kernel), bool(training))
-        return super().call(inputs, training=training)
+    """The 1x1 stride-1 BiasConv2D: its own class, so that saved models name what they hold."""
 
 
 @keras.saving.register_keras_serializable(package="deeplab")
@@ -404,15 +408,6 @@ class DilatedConv2D(BiasConv2D):
     that read padding. The kernel is chosen when the layer is traced (`dilated_conv_kernel`),
     not saved: the weights, config and `.keras` file are Conv2D's, whichever kernel ran.
     """
-
-    def call(self, inputs, training=None):
-        # Conv2D.call, with the kernel chosen by `training` (Keras passes it in a training step).
-        if self.data_format != "channels_last":
-            return layers.Conv2D.call(self, inputs)
-        if matmul_gradient_applies(self, bool(training)):  # ASPP's 1x1 branch and projection
-            kernel = tf.convert_to_tensor(self.kernel)
-            return _conv_call(self, inputs, matmul_gradient_conv1x1(inputs, kernel), bool(training))
-        return _conv_call(self, inputs, self._convolve(inputs, self.kernel, bool(training)), bool(training))
 
     def convolution_op(self, inputs, kernel):
         return self._convolve(inputs, kernel, training=False)
