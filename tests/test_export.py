@@ -30,7 +30,7 @@ def run_dir(tmp_path_factory):
     batch-norm momentum lets the moving statistics catch up within those steps (with 0.9 and
     12 steps the model predicted one class everywhere: a vacuous agreement); after 16 steps
     a fifth of the pixels had a top-2 logit margin under the int8 output's step (0.1), and
-    the full-int8 model agreed on 92%; after 40, on 97%."""
+    the full-int8 model agreed on 92%; after 40, on 94-97% (by CPU)."""
     data_dir = tmp_path_factory.mktemp("data")
     download_data.ensure_synthetic(data_dir, 12, 8, progress=False, min_size=64, max_size=128)
     run = tmp_path_factory.mktemp("run")
@@ -62,20 +62,30 @@ def test_full_int8_has_only_int8_tensors_and_matches_keras(report, run_dir):
     assert dtypes <= {"int8", "int32"}, dtypes
     assert deploy.float_ops(path) == [] and result["full_int8"]["float_ops"] == []
     assert deploy.float_ops(out / "model_float32.tflite")  # the check is not vacuous
-    # Argmax agreement with Keras, counted here on the test images the report used.
+    # Argmax agreement with Keras, counted here on the test images the report used. Where
+    # Keras's top two logits lie within a few of the int8 output's steps, int8 rounding may
+    # pick either, and how many pixels are that close depends on how the CPU trained the tiny
+    # model (an AVX2 EPYC's run agreed on 94% overall, a Xeon's on 97%). Where Keras decides
+    # by over four steps, a wrong quantization shows: the AVX2 run agreed on every such pixel.
     keras_model = inference.load_model(run_dir / "best.keras")
     quantized = inference.load_model(path)
+    step = interpreter.get_output_details()[0]["quantization"][0]  # logit per int8 unit
     saved = json.loads((run_dir / "config.json").read_text())
     images, _ = deploy.images_of(data.tree_from_config(saved), "test", 64)
-    same = total = 0
+    same = total = decided = decided_same = 0
     predicted = set()
     for image in images:
-        a = np.argmax(keras_model(image, training=False), -1)
-        b = np.argmax(quantized(image), -1)
+        logits = np.asarray(keras_model(image, training=False))  # (1, 64, 64, classes)
+        top2 = np.sort(logits, -1)[..., -2:]
+        clear = top2[..., 1] - top2[..., 0] > 4 * step  # (1, 64, 64)
+        a, b = np.argmax(logits, -1), np.argmax(quantized(image), -1)
         same, total = same + int((a == b).sum()), total + a.size
+        decided, decided_same = decided + int(clear.sum()), decided_same + int((a == b)[clear].sum())
         predicted |= set(np.unique(a).tolist())
     assert len(predicted) >= 2, "a model predicting one class agrees trivially"
-    assert same / total >= 0.95
+    assert decided >= 0.25 * total, f"only {decided} of {total} pixels decided by over 4 int8 steps"
+    assert decided_same / decided >= 0.99
+    assert same / total >= 0.9
     assert result["formats"]["tflite_full_int8"]["agreement"] == pytest.approx(same / total, abs=0.01)
 
 
