@@ -459,7 +459,7 @@ class ASPP(layers.Layer):
 
     Five parallel branches on the backbone features (B, h, w, C_in): a 1x1 conv, three 3x3
     atrous convs at `rates`, and image pooling (global average -> 1x1 conv -> BN -> ReLU ->
-    broadcast back to (h, w), which is what bilinear upsampling of a 1x1 map gives). Each
+    bilinear upsampling of the 1x1 map back to (h, w), which broadcasts it). Each
     branch has `filters` channels with batch norm and ReLU; their concatenation (B, h, w,
     5 * filters) is projected by a 1x1 conv to `filters`, with BN, ReLU and dropout.
     """
@@ -476,6 +476,7 @@ class ASPP(layers.Layer):
         self.branches = [conv_bn("b0_1x1")] + [conv_bn(f"b{i + 1}_rate{r}", 3, r) for i, r in enumerate(rates)]
         self.pool = layers.GlobalAveragePooling2D(keepdims=True, name="pool")
         self.pool_branch = conv_bn("pool")  # the chapter's bug skipped this conv
+        self.broadcast = ResizeLike(name="pool_broadcast")
         self.concat = layers.Concatenate(name="concat")
         self.project = conv_bn("project")
         self.drop = layers.Dropout(dropout, name="dropout")
@@ -500,7 +501,10 @@ class ASPP(layers.Layer):
     def call(self, features, training=None):
         outs = [self._apply(b, features, training) for b in self.branches]
         pooled = self._apply(self.pool_branch, self.pool(features), training)  # (B, 1, 1, filters)
-        outs.append(pooled + ops.zeros_like(outs[0]))  # broadcast to (B, h, w, filters)
+        # Broadcast to (B, h, w, filters) by resizing the 1x1 map (the same values): an add of
+        # zeros gave full-int8 TFLite a zero constant whose scale XNNPACK's int8 ADD refuses,
+        # so that op fell back to TFLite's builtin kernels.
+        outs.append(ops.cast(self.broadcast(pooled, outs[0]), outs[0].dtype))  # resize gives float32
         x = self._apply(self.project, self.concat(outs), training)
         return self.drop(x, training=training)
 
