@@ -123,7 +123,7 @@ def test_smoothing_averages_probabilities_over_time():
 
 
 @pytest.mark.parametrize("profile", sorted(navigation.PROFILES))
-@pytest.mark.parametrize("width", [18, 64, 101])
+@pytest.mark.parametrize("width", [18, 64, 101, 480])  # at 480 the safe window (49) is taller than the map
 def test_cost_map_in_the_graph_matches_navigation_cost_map(profile, width):
     """inference.cost_map_graph is navigation.cost_map step for step: the expected class cost,
     the uncertainty term, the clip and the clearance max filter (cut at the borders)."""
@@ -136,6 +136,23 @@ def test_cost_map_in_the_graph_matches_navigation_cost_map(profile, width):
     got = inference.cost_map_graph(inference.tf.constant(probs), spec, inference.tf.constant(costs)).numpy()
     for b in range(2):
         np.testing.assert_allclose(got[b], navigation.cost_map(probs[b], profile, costs), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 9, 27, 41])
+def test_window_max_is_the_brute_force_maximum_cut_at_the_border(window):
+    """inference.window_max against a plain loop, along either axis, eagerly and compiled by
+    XLA (as finish_frame runs it), for windows narrower and wider than the axis (23 long)."""
+    x = np.random.default_rng(window).normal(size=(2, 23, 30)).astype(np.float32)
+    r = window // 2
+    for axis in (1, 2):
+        moved = np.moveaxis(x, axis, -1)
+        want = np.stack([moved[..., max(0, i - r):i + r + 1].max(-1) for i in range(moved.shape[-1])], -1)
+        want = np.moveaxis(want, -1, axis)
+        compiled = inference.tf.function(lambda t, a=axis: inference.window_max(t, a, window), jit_compile=True)
+        for got in (inference.window_max(inference.tf.constant(x), axis, window), compiled(inference.tf.constant(x))):
+            np.testing.assert_array_equal(got.numpy(), want)
+    with pytest.raises(ValueError, match="odd"):
+        inference.window_max(inference.tf.constant(x), 1, 4)
 
 
 @pytest.mark.parametrize("value", ["1", "-0.1", "1.5", "abc"])
