@@ -1,0 +1,107 @@
+"""Forward and backward of DeepLab v3's dilated convolutions alone, under each kernel.
+
+    python bench/bench_dilated.py [--size 384] [--batch-size 4] [--kernels native,portable,taps]
+        [--precision float32] [--repeats 5] [--out FILE]
+
+The layers are those of the product at output stride 16: conv5's 3x3 rate-2 conv (512 -> 512)
+and ASPP's three 3x3 branches at rates 6, 12 and 18 (2048 -> 256), on the (size / 16)-square
+feature map. Each kernel (model.dilated_conv_kernel: native, portable, taps) is forced through
+DEEPLAB_DILATED_CONV and timed as one training step of the layer alone (forward, a sum of
+squares, gradients of the input and the kernel), best of `--repeats` after two warm-up calls.
+A conv with most of its taps in bounds (conv5's: 0.89) trains with native or portable even
+when taps is asked for (model.TAPS_BELOW_IN_BOUNDS), so its taps column is that fallback.
+oneDNN is on unless TF_ENABLE_ONEDNN_OPTS=0, as in train.py; without it TensorFlow has no
+native dilated gradient, and that cell says "unsupported".
+The speed decides which kernel `auto` takes on which CPU (docs/performance.md). Prints JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from common import emit, machine
+
+from kit import runtime
+
+runtime.prefer_onednn()  # as train.py, unless TF_ENABLE_ONEDNN_OPTS is already set
+
+import tensorflow as tf  # noqa: E402
+
+import model as deeplab  # noqa: E402
+
+LAYERS = (("conv5 3x3 rate 2", 512, 512, 2), ("ASPP rate 6", 2048, 256, 6),
+          ("ASPP rate 12", 2048, 256, 12), ("ASPP rate 18", 2048, 256, 18))
+KERNELS = ("native", "portable", "taps")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=384, help="the model's input size; the map is size / 16")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated, of {', '.join(KERNELS)}")
+    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per layer and kernel (the best counts)")
+    p.add_argument("--out", help="also write the JSON here")
+    args = p.parse_args(argv)
+    args.kernels = [k for k in args.kernels.split(",") if k]
+    unknown = [k for k in args.kernels if k not in KERNELS]
+    if unknown or not args.kernels:
+        p.error(f"--kernels {','.join(unknown) or '(none)'}: choose from {', '.join(KERNELS)}")
+    if args.size < 16 or args.size % 16 or args.repeats < 1 or args.batch_size < 1:
+        p.error("--size must be a multiple of 16, --repeats and --batch-size at least 1")
+    return args
+
+
+def time_layer(kernel: str, shape: tuple, filters: int, rate: int, dtype: str, repeats: int) -> float | str:
+    """Best ms of one training step of a DilatedConv2D forced to `kernel`, or "unsupported"."""
+    os.environ[deeplab.DILATED_CONV_ENV] = kernel  # read when the layer is traced, below
+    x = tf.random.normal(shape, dtype=dtype)  # (B, h, w, C_in)
+    layer = deeplab.DilatedConv2D(filters, 3, padding="same", dilation_rate=rate, use_bias=False, dtype=dtype)
+    layer.build(shape)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)  # (B, h, w, filters)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+        return tape.gradient(loss, [x, layer.kernel])
+
+    try:
+        for _ in range(2):
+            step()
+    except tf.errors.InvalidArgumentError:  # Eigen's "do not yet support dilation rates larger than 1"
+        return "unsupported"
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        [g.numpy() for g in step()]
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 1)
+
+
+def main(args):
+    side = args.size // 16
+    rows = []
+    forced = os.environ.get(deeplab.DILATED_CONV_ENV)
+    try:
+        for name, c_in, filters, rate in LAYERS:
+            row = {"layer": name, "map": side, "in_bounds": round(
+                deeplab.in_bounds_fraction((side, side), (3, 3), (rate, rate)), 2)}
+            for kernel in args.kernels:
+                row[kernel] = time_layer(kernel, (args.batch_size, side, side, c_in), filters, rate,
+                                         args.precision, args.repeats)
+            rows.append(row)
+    finally:
+        if forced is None:
+            os.environ.pop(deeplab.DILATED_CONV_ENV, None)
+        else:
+            os.environ[deeplab.DILATED_CONV_ENV] = forced
+    emit({"benchmark": "dilated convolutions, forward and backward, ms", "machine": machine(),
+          "size": args.size, "batch_size": args.batch_size, "precision": args.precision,
+          "repeats": args.repeats, "layers": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main(parse_args())
