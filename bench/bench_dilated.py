@@ -20,7 +20,7 @@ import argparse
 import os
 import time
 
-from common import emit, machine
+from common import choices, emit, machine
 
 from kit import runtime
 
@@ -44,10 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed calls per layer and kernel (the best counts)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
-    args.kernels = [k for k in args.kernels.split(",") if k]
-    unknown = [k for k in args.kernels if k not in KERNELS]
-    if unknown or not args.kernels:
-        p.error(f"--kernels {','.join(unknown) or '(none)'}: choose from {', '.join(KERNELS)}")
+    args.kernels = choices(p, "--kernels", args.kernels, KERNELS)
     if args.size < 16 or args.size % 16 or args.repeats < 1 or args.batch_size < 1:
         p.error("--size must be a multiple of 16, --repeats and --batch-size at least 1")
     return args

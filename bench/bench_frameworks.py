@@ -31,7 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import emit, machine
+from common import choices, emit, machine
 
 from kit import runtime
 
@@ -55,10 +55,7 @@ def parse_args(argv=None):
                    help="comma-separated, of float32, bfloat16 (float32 alone on CPUs without bfloat16 instructions)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
-    args.precisions = [s for s in args.precisions.split(",") if s]
-    unknown = [s for s in args.precisions if s not in PRECISIONS]
-    if unknown or not args.precisions:
-        p.error(f"--precisions {','.join(unknown) or '(none)'}: choose from {', '.join(PRECISIONS)}")
+    args.precisions = choices(p, "--precisions", args.precisions, PRECISIONS)
     if not Path(args.torch_python).is_file():
         p.error(f"--torch-python {args.torch_python} does not exist; create it with `python3 -m venv "
                 f"/tmp/torchvenv && /tmp/torchvenv/bin/pip install torch==2.13.0 numpy`")

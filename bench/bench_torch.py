@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import emit  # common imports TensorFlow only inside machine(), which is not used here
+from common import choices, emit  # common imports TensorFlow only inside machine(), which is not used here
 
 from kit import runtime  # noqa: E402 (on the path through common; stdlib only)
 
@@ -214,14 +214,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
-    args.layouts = [s for s in args.layouts.split(",") if s]
-    unknown = [s for s in args.layouts if s not in LAYOUTS]
-    if unknown:
-        p.error(f"unknown layout(s) {unknown}; choose from {list(LAYOUTS)}")
-    args.precisions = [s for s in args.precisions.split(",") if s]
-    unknown = [s for s in args.precisions if s not in PRECISIONS]
-    if unknown:
-        p.error(f"unknown precision(s) {unknown}; choose from {list(PRECISIONS)}")
+    args.layouts = choices(p, "--layouts", args.layouts, LAYOUTS)
+    args.precisions = choices(p, "--precisions", args.precisions, PRECISIONS)
     if args.batch_size < 2:
         # Training-mode batch norm after image pooling sees one value per channel at batch 1.
         p.error("--batch-size must be at least 2 (ASPP's image-pooling batch norm needs it in training)")

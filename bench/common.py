@@ -35,6 +35,16 @@ def bench_voc_root(data_dir: str | Path, num_train: int, num_val: int = 20) -> P
     return download_data.ensure_synthetic(data_dir, num_train, num_val, seed=0, progress=False)
 
 
+def choices(parser, flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+    """A comma-separated option's values, each one of `allowed` and at least one; otherwise
+    the parser's usage error names the flag and what it takes."""
+    values = [s for s in text.split(",") if s]
+    unknown = [s for s in values if s not in allowed]
+    if unknown or not values:
+        parser.error(f"{flag} {','.join(unknown) or '(none)'}: choose from {', '.join(allowed)}")
+    return values
+
+
 def emit(result: dict, out: str | None = None) -> None:
     """Print the result as JSON (and write it to `out` if given)."""
     text = json.dumps(result, indent=2)
