@@ -444,13 +444,40 @@ class ResizeLike(layers.Layer):
     """
 
     def call(self, x, reference):
+        return self.resize(x, tf.shape(reference)[1:3])
+
+    @staticmethod
+    def resize(x, size):
+        """(B, h, w, C) -> (B, H, W, C) for size (H, W): what the layer computes, for callers
+        that finish a model's output outside it (coarse_logits_model)."""
         # keras.ops.image.resize insists on a Python-int size (it compares it with 0), which a
         # graph traced for unknown H and W cannot give; TensorFlow's resize takes a tensor.
-        size = tf.shape(reference)[1:3]
         return tf.image.resize(x, size, method="bilinear")
 
     def compute_output_shape(self, x_shape, reference_shape):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
+
+
+def coarse_logits_model(model) -> keras.Model | None:
+    """`model` without its last layer when that layer is a ResizeLike bringing the logits up to
+    the input image's size, as build_deeplabv3's "logits" is: (B, H, W, 3) -> (B, h, w, C)
+    float32 logits at the features' resolution (h = H / output stride). Finish them with
+    ResizeLike.resize(logits, (H, W)). None for any other model (a SavedModel, a model with
+    another last layer or several outputs), which has to be run whole.
+
+    For a video loop (inference.Predictor.frame_scores): the upsampling is a pass over the
+    full-size (H, W, C) logits that can then run beside the network instead of after it.
+    """
+    last = model.layers[-1] if isinstance(model, keras.Model) and getattr(model, "layers", None) else None
+    if not isinstance(last, ResizeLike) or len(model.inputs) != 1 or len(model.outputs) != 1:
+        return None
+    x, reference = last.input
+    if reference is not model.inputs[0] or last.output is not model.outputs[0]:
+        return None
+    # The layer computes in float32 (its dtype policy casts a mixed-precision model's bfloat16
+    # input up); the coarse model's output is cast the same way.
+    return keras.Model(model.inputs[0], layers.Activation("linear", dtype="float32", name="coarse_logits")(x),
+                       name=f"{model.name}_coarse")
 
 
 @keras.saving.register_keras_serializable(package="deeplab")

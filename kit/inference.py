@@ -13,6 +13,7 @@ SavedModel models.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -125,6 +126,14 @@ def _class_indices(scores: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.argmax(scores, axis=-1, output_type=tf.int32), tf.uint8)
 
 
+class FrameScores(NamedTuple):
+    """A video frame's scores from Predictor.frame_scores, for Predictor.finish_frame."""
+
+    scores: tf.Tensor  # (B, h, w, C) float32
+    logits: bool  # logits (the softmax is still to take), or probabilities
+    size: tuple[int, int] | None = None  # (H, W): the scores are coarse logits still to upsample; None: full size
+
+
 class Predictor(onboard.Predictor):
     """onboard.Predictor with TensorFlow kernels: probabilities and masks are tf.Tensors, and for
     a traceable model (Keras, SavedModel) each is one graph for every image size."""
@@ -145,6 +154,14 @@ class Predictor(onboard.Predictor):
             self._smoothed_of = tf.function(self._smoothed_graph, reduce_retracing=True, input_signature=[
                 images, tf.TensorSpec((None, None, None, None), tf.float32), tf.TensorSpec((), tf.float32)])
             self._logits_of = tf.function(self._logits_of, reduce_retracing=True, input_signature=[images])
+        # The network without its last upsampling, for video frames (frame_scores); None when
+        # the model cannot be cut there (model.coarse_logits_model).
+        self._coarse_of = self._argmax_of = None
+        if self.single_view and getattr(model, "traceable", True):
+            coarse = _model.coarse_logits_model(model)
+            if coarse is not None:
+                self._coarse_of = tf.function(lambda x: coarse(x, training=False), reduce_retracing=True,
+                                              input_signature=[images])
 
     def _forward(self, x):
         """Softmax of the model at x's size (resizing to a fixed-size model's input and back)."""
@@ -196,30 +213,56 @@ class Predictor(onboard.Predictor):
             previous, keep = tf.zeros(tuple(images.shape[:3]) + (num_classes_of(self.model),), tf.float32), 0.0
         return self._smoothed_of(images, previous, tf.constant(keep, tf.float32))
 
-    def frame_scores(self, images) -> tuple[tf.Tensor, bool]:
+    def frame_scores(self, images) -> FrameScores:
         """A video frame's model step, for the model's thread: (B, H, W, 3) float32 images ->
-        ((B, H, W, C) float32 scores, whether they are logits). One view of a model of any size
-        gives its logits, leaving even the softmax to finish_frame on another thread; flips,
-        scales and fixed-size models give averaged probabilities."""
+        FrameScores. One view of a model of any size gives its logits, leaving even the softmax
+        to finish_frame on another thread; a model whose last layer upsamples its logits to the
+        image's size (model.coarse_logits_model: build_deeplabv3's) leaves that upsampling to
+        finish_frame too, and gives (B, h, w, C) logits at the network's output stride (h = H/16
+        or H/8). Flips, scales and fixed-size models give averaged probabilities."""
         self.check_size(*images.shape[1:3])
         images = tf.convert_to_tensor(images, tf.float32)
+        if self._coarse_of is not None:
+            return FrameScores(self._coarse_of(images), True, tuple(int(d) for d in images.shape[1:3]))
         if self.single_view:
-            return self._logits_of(images), True
-        return self._probabilities_of(images), False
+            return FrameScores(self._logits_of(images), True)
+        return FrameScores(self._probabilities_of(images), False)
 
-    def finish_frame(self, scores: tf.Tensor, logits: bool, previous: tf.Tensor | None, keep: float,
+    @property
+    def coarse_frames(self) -> bool:
+        """Whether frame_scores leaves the model's last upsampling to finish_frame / frame_masks."""
+        return self._coarse_of is not None
+
+    def frame_masks(self, frame: FrameScores) -> tf.Tensor:
+        """frame_scores' logits -> (B, H, W) uint8 argmax, after the model's last upsampling
+        when frame_scores left it out: a plain video frame's rest, for the writer's thread."""
+        if not frame.logits:
+            raise ValueError("frame_masks needs logits; averaged probabilities go through finish_frame")
+        scores = frame.scores if frame.size is None else _model.ResizeLike.resize(frame.scores, frame.size)
+        if self._argmax_of is None:
+            self._argmax_of = tf.function(_class_indices, jit_compile=True)
+        return self._argmax_of(scores)
+
+    def finish_frame(self, frame: FrameScores, previous: tf.Tensor | None, keep: float,
                      profile: str | navigation.Profile | None = None, class_costs=None
                      ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
         """The rest of a video frame, after frame_scores, for a thread beside the model's.
 
-        The softmax (of logits), the running average keep * previous + (1 - keep) * p (previous
+        The upsampling of coarse logits (the model's last layer, left out by frame_scores), the
+        softmax (of logits), the running average keep * previous + (1 - keep) * p (previous
         None, or another size: start afresh), its (B, H, W) uint8 argmax and, with a profile and
         (C,) class costs, its (B, H, W) cost map (cost_map_graph) -> (average, mask, cost or
-        None). XLA compiles it into a few passes over the (B, H, W, C) floats, which are memory
-        bound: half the CPU time of the same ops one kernel at a time (6.9 against 10.3 ms at
-        256x256x21 on a 2-core Xeon). One compilation per frame size and profile.
+        None). Everything after the upsampling is one XLA-compiled graph: a few passes over the
+        (B, H, W, C) floats, which are memory bound, half the CPU time of the same ops one
+        kernel at a time (6.9 against 10.3 ms at 256x256x21 on a 2-core Xeon). One compilation
+        per frame size and profile. The upsampling stays outside it: TensorFlow's own kernel
+        is the model's (so masks and costs are the same as from the whole model), and XLA's
+        bilinear resize took 25 ms where that kernel takes 2 (256x256x21, AVX2 EPYC).
         """
         spec = None if profile is None else navigation.profile_of(profile)
+        scores, logits = frame.scores, frame.logits
+        if frame.size is not None:
+            scores = _model.ResizeLike.resize(scores, frame.size)  # (B, h, w, C) -> (B, H, W, C)
         num_classes = int(scores.shape[-1])
         costs = np.zeros(num_classes, np.float32) if spec is None else np.asarray(class_costs, np.float32)
         if costs.shape != (num_classes,):

@@ -5,9 +5,10 @@
 
 predict.py wires this up; `run_stream` does the work. Three threads overlap: a reader decodes
 frames (OpenCV) into a bounded queue, the caller's thread runs the model (the step that uses
-the cores), and a writer, at a lower scheduling priority, finishes each frame (softmax,
-smoothing, argmax and cost map, in one compiled graph: FrameModel), turns masks into class
-fractions, navigation and overlays and encodes the video and the JSON lines. Bounded queues
+the cores), and a writer, at a lower scheduling priority, finishes each frame (the model's
+last upsampling, then softmax, smoothing, argmax and cost map, in one compiled graph:
+FrameModel), turns masks into class fractions, navigation and overlays and encodes the video
+and the JSON lines. Bounded queues
 keep memory flat and stop the reader running ahead of a slow model. Every per-class step runs
 in a TensorFlow graph, not in NumPy, so only (H, W) masks and cost maps reach the writer's
 Python: on a 2-core CPU NumPy work there comes straight out of the model's time.
@@ -282,23 +283,29 @@ class FrameModel:
     onboard.Predictor (NumPy, for .tflite and .onnx without TensorFlow), in two steps.
 
     `model(x)` runs on the model's thread and `finish(out)` on the writer's, in frame order;
-    calling the FrameModel does both: (1, H, W, 3) float32 -> Prediction. With nothing to
-    smooth or plan on, the model's graph gives the argmax of the logits and finish has nothing
-    left to do. Otherwise, with TensorFlow, only the network runs on the model's thread
-    (inference.Predictor.frame_scores), and the softmax, the exponential moving average of the
-    probabilities over the frames it is called on, p = smooth * previous + (1 - smooth) * new
-    (so masks do not flicker; 0: no smoothing), its argmax and, with `nav`, the cost map run on
-    the writer's thread in one XLA-compiled graph (finish_frame), while the model works on the
-    next frame: on a 2-core CPU the network leaves about a third of a core idle, and the
-    per-class work then fits in it instead of coming out of the model's time. Only an (H, W)
-    mask and an (H, W) cost map leave that graph. An onboard.Predictor smooths on the model's
-    thread and hands the (H, W, C) average to the writer, which makes the cost map in NumPy.
+    calling the FrameModel does both: (1, H, W, 3) float32 -> Prediction. With TensorFlow,
+    only the network runs on the model's thread (inference.Predictor.frame_scores), without
+    its last layer when that layer upsamples the logits to the frame's size, as the models
+    train.py builds do: a (1, H/16, W/16, C) map leaves it. The rest runs on the writer's
+    thread while the model works on the next frame: that upsampling and, with nothing to
+    smooth or plan on, the argmax (frame_masks); otherwise the softmax, the exponential moving
+    average of the probabilities over the frames it is called on, p = smooth * previous +
+    (1 - smooth) * new (so masks do not flicker; 0: no smoothing), its argmax and, with `nav`,
+    the cost map (finish_frame, one XLA-compiled graph after the upsampling). On a 2-core CPU
+    the network leaves about 0.3 of a core idle, and this per-pixel work then fits in it
+    instead of coming out of the model's time. Only an (H, W) mask and an (H, W) cost map reach
+    the writer's Python. A model that cannot be cut gives its masks from its own graph when
+    nothing is smoothed or planned. An onboard.Predictor smooths on the model's thread and hands
+    the (H, W, C) average to the writer, which makes the cost map in NumPy.
     """
 
     def __init__(self, predictor, smooth: float = 0.0, nav: NavigationSpec | None = None):
         self.predictor, self.smooth, self.nav = predictor, check_smooth(smooth), nav
         self.plain = self.smooth == 0.0 and nav is None
-        self.split = not self.plain and hasattr(predictor, "finish_frame")
+        # Whether the model's thread runs the network alone and finish() the rest: always with
+        # TensorFlow when there is something to smooth or plan on, and for plain masks when the
+        # model's last upsampling can be left out (inference.Predictor.coarse_frames).
+        self.split = hasattr(predictor, "finish_frame") and (not self.plain or predictor.coarse_frames)
         self.average = None  # (1, H, W, C) tf.Tensor or np.ndarray, the running average so far
         self.profile = self.costs = None
         if nav is not None:  # the grid planner's cost map is made with its own profile and class costs
@@ -307,10 +314,10 @@ class FrameModel:
 
     def model(self, x: np.ndarray):
         """The model's thread's part: a Prediction, or the model's scores for finish()."""
+        if self.split:
+            return self.predictor.frame_scores(x)  # inference.FrameScores
         if self.plain:
             return Prediction(self.predictor.masks(x)[0])
-        if self.split:
-            return self.predictor.frame_scores(x)  # ((1, H, W, C) tf.Tensor, logits?)
         self.average, mask = self.predictor.smoothed(x, self.average, self.smooth)
         return Prediction(np.asarray(mask[0]), np.asarray(self.average[0]) if self.nav is not None else None)
 
@@ -318,9 +325,10 @@ class FrameModel:
         """The writer's thread's part, in frame order: model()'s result -> Prediction."""
         if isinstance(out, Prediction):
             return out
-        scores, logits = out
-        self.average, mask, cost = self.predictor.finish_frame(scores, logits, self.average, self.smooth,
-                                                               self.profile, self.costs)
+        if self.plain:
+            return Prediction(np.asarray(self.predictor.frame_masks(out)[0]))
+        self.average, mask, cost = self.predictor.finish_frame(out, self.average, self.smooth, self.profile,
+                                                               self.costs)
         return Prediction(np.asarray(mask[0]), cost=None if cost is None else np.asarray(cost[0]))
 
     def __call__(self, x: np.ndarray) -> Prediction:

@@ -122,6 +122,41 @@ def test_keras_file_round_trip_with_safe_mode(models, tmp_path):
     np.testing.assert_array_equal(np.asarray(m(x, training=False)), np.asarray(loaded(x, training=False)))
 
 
+def _tiny_model(last="resize", policy=None):
+    """(B, H, W, 3) -> (B, H, W, 21) logits through a 4x coarser map, in a few layers."""
+    images = keras.Input((None, None, 3))
+    x = keras.layers.AveragePooling2D(4, name="pool")(images)
+    x = keras.layers.Conv2D(NUM_CLASSES, 1, dtype=policy, name="classifier")(x)  # (B, H/4, W/4, 21)
+    if last == "resize":
+        return keras.Model(images, deeplab.ResizeLike(name="logits", dtype="float32")(x, images))
+    if last == "resize_to_other":  # resized to something other than the input image
+        return keras.Model(images, deeplab.ResizeLike(name="logits")(x, keras.layers.Identity()(images)))
+    return keras.Model(images, keras.layers.UpSampling2D(4, name="up")(x))
+
+
+def test_coarse_logits_model_is_the_model_without_its_last_upsampling(models, tmp_path):
+    """ResizeLike.resize(coarse logits, (H, W)) is the whole model's output, bit for bit, for
+    the model built here, the same model reloaded, and a mixed-precision one (float32 out)."""
+    path = tmp_path / "m.keras"
+    models[16].save(path)
+    x = np.random.default_rng(3).uniform(0, 255, (1, 64, 80, 3)).astype("float32")
+    for whole in (models[16], keras.models.load_model(path, safe_mode=True), _tiny_model(policy="mixed_bfloat16")):
+        coarse = deeplab.coarse_logits_model(whole)
+        logits = coarse(x, training=False)
+        stride = 16 if whole.name.startswith("deeplab") else 4
+        assert tuple(logits.shape) == (1, 64 // stride, 80 // stride, NUM_CLASSES) and logits.dtype == "float32"
+        np.testing.assert_array_equal(np.asarray(deeplab.ResizeLike.resize(logits, (64, 80))),
+                                      np.asarray(whole(x, training=False)))
+
+
+def test_models_that_end_otherwise_have_no_coarse_logits_model(models):
+    assert deeplab.coarse_logits_model(_tiny_model()) is not None
+    assert deeplab.coarse_logits_model(_tiny_model("upsampling")) is None
+    assert deeplab.coarse_logits_model(_tiny_model("resize_to_other")) is None
+    assert deeplab.coarse_logits_model(deeplab.training_model(models[16])) is None  # logits and aux logits
+    assert deeplab.coarse_logits_model(object()) is None
+
+
 def test_mobilenetv2_backbone_has_the_same_head():
     m = deeplab.build_deeplabv3((96, 96, 3), backbone_weights=None, backbone="mobilenetv2")
     assert tuple(m(np.zeros((1, 96, 96, 3), "float32")).shape) == (1, 96, 96, NUM_CLASSES)

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from kit import config
@@ -300,11 +301,34 @@ def test_plain_stream_gets_masks_from_the_model_and_navigation_gets_a_cost_map(m
         annotate(x[0].astype(np.uint8), video.Prediction(got.mask))
 
 
-def test_a_frame_model_finishes_frames_on_the_writer_thread_in_order(model_path, clip, tmp_path):
-    """run_stream runs only the network on the caller's thread; the softmax, smoothing and cost
-    map (FrameModel.finish) run on the writer's, in frame order, and give what one call gives."""
+def test_a_video_frame_leaves_the_models_last_upsampling_to_the_finishing_step(model_path):
+    """frame_scores gives the logits before the model's last layer (a 16x coarser map), and
+    finish_frame, upsampling them as that layer does, gives what the whole model's logits give:
+    the same average, mask and cost map, bit for bit. A model that cannot be cut is run whole."""
+    model = inference.load_model(model_path)
+    predictor = inference.Predictor(model)
+    x = np.random.default_rng(4).uniform(0, 255, (1, HEIGHT, WIDTH, 3)).astype(np.float32)
+    frame = predictor.frame_scores(x)
+    assert frame.logits and frame.size == (HEIGHT, WIDTH)
+    assert tuple(frame.scores.shape) == (1, HEIGHT // 16, WIDTH // 16, voc.NUM_CLASSES)
+    whole = inference.FrameScores(tf.convert_to_tensor(np.asarray(model(x, training=False))), True)
+    previous = tf.nn.softmax(tf.random.stateless_normal((1, HEIGHT, WIDTH, voc.NUM_CLASSES), (1, 2)))
+    costs = navigation.class_costs_for(voc.CLASS_NAMES)
+    for got, want in zip(predictor.finish_frame(frame, previous, 0.5, "safe", costs),
+                         predictor.finish_frame(whole, previous, 0.5, "safe", costs)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    flipped = inference.Predictor(model, flip=True).frame_scores(x)  # two views: averaged probabilities
+    assert not flipped.logits and flipped.size is None and tuple(flipped.scores.shape[1:3]) == (HEIGHT, WIDTH)
+
+
+@pytest.mark.parametrize("planned", [True, False])
+def test_a_frame_model_finishes_frames_on_the_writer_thread_in_order(model_path, clip, tmp_path, planned):
+    """run_stream runs only the network on the caller's thread; the last upsampling and the
+    softmax, smoothing and cost map, or the argmax alone for plain masks (FrameModel.finish),
+    run on the writer's, in frame order, and give what one call gives."""
     predictor = inference.Predictor(inference.load_model(model_path))
-    nav = video.NavigationSpec("safe", navigation.class_costs_for(voc.CLASS_NAMES))
+    nav = video.NavigationSpec("safe", navigation.class_costs_for(voc.CLASS_NAMES)) if planned else None
+    smooth = 0.5 if planned else 0.0
     seen = []
 
     class Recording(video.FrameModel):
@@ -316,14 +340,18 @@ def test_a_frame_model_finishes_frames_on_the_writer_thread_in_order(model_path,
             seen.append(("finish", threading.current_thread().name))
             return super().finish(out)
 
-    video.run_stream(Recording(predictor, 0.5, nav), clip, tmp_path / "split", ClassTable.voc(), predict.overlay,
+    video.run_stream(Recording(predictor, smooth, nav), clip, tmp_path / "split", ClassTable.voc(), predict.overlay,
                      nav=nav)
     assert {name for step, name in seen if step == "model"} == {threading.main_thread().name}
     assert {name for step, name in seen if step == "finish"} == {"video-writer"}
     assert [step for step, _ in seen].count("finish") == FRAMES
     # The same frames through one call each (model and finish on this thread) give the same lines.
-    whole = video.frame_model(predictor, 0.5, nav)
+    whole = video.frame_model(predictor, smooth, nav)
     video.run_stream(lambda x: whole(x), clip, tmp_path / "whole", ClassTable.voc(), predict.overlay, nav=nav)
+    if not planned:  # and the model's own masks graph, run whole, gives them too
+        video.run_stream(lambda x: video.Prediction(predictor.masks(x)[0]), clip, tmp_path / "masks",
+                         ClassTable.voc(), predict.overlay)
+        assert _lines(tmp_path / "split" / "drive.jsonl") == _lines(tmp_path / "masks" / "drive.jsonl")
     assert _lines(tmp_path / "split" / "drive.jsonl") == _lines(tmp_path / "whole" / "drive.jsonl")
 
 
