@@ -9,7 +9,9 @@ way, and video.run_stream end to end (decode, model, masks, overlay, encode, JSO
 and writer threads overlap the model) with the per-frame call predict.py makes
 (video.frame_model), plain, with --navigation safe --smooth 0.5 (which need probabilities
 and plan on every frame: the image-strip planner), and the same with --planner grid (the
-ground grid, kit/ground.py, with the simulated vehicle's camera).
+ground grid, kit/ground.py, with the simulated vehicle's camera). The plain loop and the strip
+planner's also run with `inference.Predictor(model, cut_frames=False)`, the network whole on the
+model's thread (its last upsampling included), to measure what cutting it there gains.
 
 The goal is a loop at >= 90% of the bare model's frames/s. A shared or virtual machine's speed
 drifts by 10-30% from one minute to the next, so each round runs every variant back to back,
@@ -87,6 +89,7 @@ def main(args):
                             aspp_filters=args.aspp_filters, bn_momentum=0.9)
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     predictor = inference.Predictor(model)
+    uncut = inference.Predictor(model, cut_frames=False)
     classes = ClassTable.voc()
     costs = navigation.class_costs_for(classes.names)
     nav = video.NavigationSpec("safe", costs)
@@ -106,19 +109,24 @@ def main(args):
             for x in frames:
                 predictor.probabilities(x).numpy()
 
-        def loop(smooth=0.0, nav=None):
-            return lambda: video.run_stream(video.frame_model(predictor, smooth, nav), clip, tmp / "out", classes,
+        def loop(smooth=0.0, nav=None, run=predictor):
+            return lambda: video.run_stream(video.frame_model(run, smooth, nav), clip, tmp / "out", classes,
                                             predict.overlay, nav=nav)
 
         runs = {"bare_model": bare, "bare_probabilities": bare_probabilities, "video_loop": loop(),
                 "video_loop_navigation_smooth": loop(nav=nav, smooth=0.5),
-                "video_loop_grid_navigation_smooth": loop(nav=grid_nav, smooth=0.5)}
+                "video_loop_grid_navigation_smooth": loop(nav=grid_nav, smooth=0.5),
+                "video_loop_uncut": loop(run=uncut),
+                "video_loop_navigation_smooth_uncut": loop(nav=nav, smooth=0.5, run=uncut)}
         for fn in runs.values():  # trace every graph and warm every path once before timing
             fn()
         fps = {name: [] for name in runs}
         cpu_ms = {name: [] for name in runs}  # CPU time of all threads per frame
-        for _ in range(args.rounds):
-            for name, fn in runs.items():
+        for round_ in range(args.rounds):
+            # Every other round in reverse (the bare model first always): no variant always
+            # follows the same one, whose leftovers (caches, a machine's slow spell) it would inherit.
+            order = list(runs.items())
+            for name, fn in order if round_ % 2 == 0 else order[:1] + order[:0:-1]:
                 start, cpu = time.perf_counter(), time.process_time()
                 fn()
                 seconds = time.perf_counter() - start
@@ -138,6 +146,9 @@ def main(args):
               "navigation_fraction_of_bare_probabilities_paired_median": {
                   k: round(statistics.median(a / b for a, b in zip(fps[k], fps["bare_probabilities"])), 3)
                   for k in loops if "navigation" in k},
+              "cut_over_uncut_paired_median": {
+                  k: round(statistics.median(a / b for a, b in zip(fps[k], fps[f"{k}_uncut"])), 3)
+                  for k in ("video_loop", "video_loop_navigation_smooth")},
               "fraction_of_bare_model_per_round": {
                   k: [round(a / b, 3) for a, b in zip(fps[k], fps["bare_model"])] for k in loops}}
     emit(result, args.out)

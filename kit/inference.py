@@ -136,10 +136,15 @@ class FrameScores(NamedTuple):
 
 class Predictor(onboard.Predictor):
     """onboard.Predictor with TensorFlow kernels: probabilities and masks are tf.Tensors, and for
-    a traceable model (Keras, SavedModel) each is one graph for every image size."""
+    a traceable model (Keras, SavedModel) each is one graph for every image size.
+
+    cut_frames: let video frames leave the model's last upsampling to the finishing step
+    (frame_scores) where the model allows it; False runs the whole model on the model's thread
+    (bench/bench_video.py measures both).
+    """
 
     def __init__(self, model, flip: bool = False, scales=(1.0,), mode: str = "whole", crop_size: int = 513,
-                 stride: int = 341, max_pixels: int = 2048 * 2048):
+                 stride: int = 341, max_pixels: int = 2048 * 2048, cut_frames: bool = True):
         super().__init__(model, flip, scales, mode, crop_size, stride, max_pixels)
         self._probabilities_of, self._masks_of, self._smoothed_of = (self._probabilities_graph, self._masks_graph,
                                                                      self._smoothed_graph)
@@ -157,7 +162,7 @@ class Predictor(onboard.Predictor):
         # The network without its last upsampling, for video frames (frame_scores); None when
         # the model cannot be cut there (model.coarse_logits_model).
         self._coarse_of = self._argmax_of = None
-        if self.single_view and getattr(model, "traceable", True):
+        if cut_frames and self.single_view and getattr(model, "traceable", True):
             coarse = _model.coarse_logits_model(model)
             if coarse is not None:
                 self._coarse_of = tf.function(lambda x: coarse(x, training=False), reduce_retracing=True,
