@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from kit import atomic  # noqa: E402  (after the line above, for a script run from bench/)
+
 
 def machine() -> dict:
     """What the numbers were measured on."""
@@ -46,8 +48,15 @@ def choices(parser, flag: str, text: str, allowed: tuple[str, ...]) -> list[str]
 
 
 def emit(result: dict, out: str | None = None) -> None:
-    """Print the result as JSON (and write it to `out` if given)."""
+    """Print the result as JSON and, if `out` is given, write it there too: through a temporary
+    name, so that a failure or a kill never leaves half a file where an earlier result was.
+
+    Raises SystemExit with an `error:` line when `out` cannot be written (the JSON is printed first).
+    """
     text = json.dumps(result, indent=2)
     print(text)
     if out:
-        Path(out).write_text(text + "\n")
+        try:
+            atomic.write_text(out, text + "\n")
+        except OSError as err:
+            raise SystemExit(f"error: cannot write {out} ({err.strerror or err}); the result is printed above")
