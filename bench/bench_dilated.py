@@ -17,8 +17,10 @@ The speed decides which kernel `auto` takes on which CPU (docs/performance.md). 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
+from typing import Iterator
 
 from common import choices, emit, machine
 
@@ -50,9 +52,27 @@ def parse_args(argv=None):
     return args
 
 
+@contextlib.contextmanager
+def forced_kernel(kernel: str) -> Iterator[None]:
+    """DilatedConv2D layers traced inside take `kernel`; the setting before is restored after."""
+    before = os.environ.get(deeplab.DILATED_CONV_ENV)
+    os.environ[deeplab.DILATED_CONV_ENV] = kernel
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(deeplab.DILATED_CONV_ENV, None)
+        else:
+            os.environ[deeplab.DILATED_CONV_ENV] = before
+
+
 def time_layer(kernel: str, shape: tuple, filters: int, rate: int, dtype: str, repeats: int) -> float | str:
     """Best ms of one training step of a DilatedConv2D forced to `kernel`, or "unsupported"."""
-    os.environ[deeplab.DILATED_CONV_ENV] = kernel  # read when the layer is traced, below
+    with forced_kernel(kernel):  # the setting is read when the step is traced
+        return _time_step(shape, filters, rate, dtype, repeats)
+
+
+def _time_step(shape: tuple, filters: int, rate: int, dtype: str, repeats: int) -> float | str:
     x = tf.random.normal(shape, dtype=dtype)  # (B, h, w, C_in)
     layer = deeplab.DilatedConv2D(filters, 3, padding="same", dilation_rate=rate, use_bias=False, dtype=dtype)
     layer.build(shape)
@@ -81,20 +101,13 @@ def time_layer(kernel: str, shape: tuple, filters: int, rate: int, dtype: str, r
 def main(args):
     side = args.size // 16
     rows = []
-    forced = os.environ.get(deeplab.DILATED_CONV_ENV)
-    try:
-        for name, c_in, filters, rate in LAYERS:
-            row = {"layer": name, "map": side, "in_bounds": round(
-                deeplab.in_bounds_fraction((side, side), (3, 3), (rate, rate)), 2)}
-            for kernel in args.kernels:
-                row[kernel] = time_layer(kernel, (args.batch_size, side, side, c_in), filters, rate,
-                                         args.precision, args.repeats)
-            rows.append(row)
-    finally:
-        if forced is None:
-            os.environ.pop(deeplab.DILATED_CONV_ENV, None)
-        else:
-            os.environ[deeplab.DILATED_CONV_ENV] = forced
+    for name, c_in, filters, rate in LAYERS:
+        row = {"layer": name, "map": side, "in_bounds": round(
+            deeplab.in_bounds_fraction((side, side), (3, 3), (rate, rate)), 2)}
+        for kernel in args.kernels:
+            row[kernel] = time_layer(kernel, (args.batch_size, side, side, c_in), filters, rate,
+                                     args.precision, args.repeats)
+        rows.append(row)
     emit({"benchmark": "dilated convolutions, forward and backward, ms", "machine": machine(),
           "size": args.size, "batch_size": args.batch_size, "precision": args.precision,
           "repeats": args.repeats, "layers": rows}, args.out)
