@@ -12,6 +12,7 @@ SavedModel models.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import NamedTuple
 
@@ -159,14 +160,8 @@ class Predictor(onboard.Predictor):
             self._smoothed_of = tf.function(self._smoothed_graph, reduce_retracing=True, input_signature=[
                 images, tf.TensorSpec((None, None, None, None), tf.float32), tf.TensorSpec((), tf.float32)])
             self._logits_of = tf.function(self._logits_of, reduce_retracing=True, input_signature=[images])
-        # The network without its last upsampling, for video frames (frame_scores); None when
-        # the model cannot be cut there (model.coarse_logits_model).
-        self._coarse_of = self._argmax_of = None
-        if cut_frames and self.single_view and getattr(model, "traceable", True):
-            coarse = _model.coarse_logits_model(model)
-            if coarse is not None:
-                self._coarse_of = tf.function(lambda x: coarse(x, training=False), reduce_retracing=True,
-                                              input_signature=[images])
+        self._cut_frames = cut_frames
+        self._argmax_of = None  # frame_masks' compiled argmax, made on its first call
 
     def _forward(self, x):
         """Softmax of the model at x's size (resizing to a fixed-size model's input and back)."""
@@ -233,20 +228,36 @@ class Predictor(onboard.Predictor):
             return FrameScores(self._logits_of(images), True)
         return FrameScores(self._probabilities_of(images), False)
 
+    @functools.cached_property
+    def _coarse_of(self):
+        """The network without its last upsampling (model.coarse_logits_model) as one graph, or
+        None when the model cannot be cut there. Made on first use: only video frames need it."""
+        if not (self._cut_frames and self.single_view and getattr(self.model, "traceable", True)):
+            return None
+        coarse = _model.coarse_logits_model(self.model)
+        if coarse is None:
+            return None
+        return tf.function(lambda x: coarse(x, training=False), reduce_retracing=True,
+                           input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+
     @property
     def coarse_frames(self) -> bool:
         """Whether frame_scores leaves the model's last upsampling to finish_frame / frame_masks."""
         return self._coarse_of is not None
+
+    @staticmethod
+    def _full_size(frame: FrameScores) -> tf.Tensor:
+        """A frame's (B, H, W, C) scores: coarse logits upsampled as the model's last layer does."""
+        return frame.scores if frame.size is None else _model.ResizeLike.resize(frame.scores, frame.size)
 
     def frame_masks(self, frame: FrameScores) -> tf.Tensor:
         """frame_scores' logits -> (B, H, W) uint8 argmax, after the model's last upsampling
         when frame_scores left it out: a plain video frame's rest, for the writer's thread."""
         if not frame.logits:
             raise ValueError("frame_masks needs logits; averaged probabilities go through finish_frame")
-        scores = frame.scores if frame.size is None else _model.ResizeLike.resize(frame.scores, frame.size)
         if self._argmax_of is None:
             self._argmax_of = tf.function(_class_indices, jit_compile=True)
-        return self._argmax_of(scores)
+        return self._argmax_of(self._full_size(frame))
 
     def finish_frame(self, frame: FrameScores, previous: tf.Tensor | None, keep: float,
                      profile: str | navigation.Profile | None = None, class_costs=None
@@ -265,9 +276,7 @@ class Predictor(onboard.Predictor):
         bilinear resize took 25 ms where that kernel takes 2 (256x256x21, AVX2 EPYC).
         """
         spec = None if profile is None else navigation.profile_of(profile)
-        scores, logits = frame.scores, frame.logits
-        if frame.size is not None:
-            scores = _model.ResizeLike.resize(scores, frame.size)  # (B, h, w, C) -> (B, H, W, C)
+        scores, logits = self._full_size(frame), frame.logits  # (B, H, W, C)
         num_classes = int(scores.shape[-1])
         costs = np.zeros(num_classes, np.float32) if spec is None else np.asarray(class_costs, np.float32)
         if costs.shape != (num_classes,):
