@@ -468,7 +468,7 @@ def coarse_logits_model(model) -> keras.Model | None:
     For a video loop (inference.Predictor.frame_scores): the upsampling is a pass over the
     full-size (H, W, C) logits that can then run beside the network instead of after it.
     """
-    last = model.layers[-1] if isinstance(model, keras.Model) and getattr(model, "layers", None) else None
+    last = model.layers[-1] if isinstance(model, keras.Model) and model.layers else None
     if not isinstance(last, ResizeLike) or len(model.inputs) != 1 or len(model.outputs) != 1:
         return None
     x, reference = last.input
