@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from kit import runtime
+from kit import kernels, runtime
 from kit.voc import NUM_CLASSES
 
 BN_EPSILON = 1.001e-5  # keras.applications.ResNet50's, so pretrained statistics carry over
@@ -366,11 +366,25 @@ def _conv_call(layer: layers.Conv2D, outputs, training: bool):
     return layer.activation(outputs) if layer.activation is not None else outputs
 
 
+def winograd_applies(layer: layers.Conv2D, inputs, training: bool) -> bool:
+    """Whether a training step computes `layer` by Winograd's F(4x4, 3x3)
+    (`kit.kernels.winograd_applies`, which counts its multiplications against those of the
+    taps that read inside the map), unless DILATED_CONV_ENV asks for TensorFlow's stock
+    kernels ("keras")."""
+    if os.environ.get(DILATED_CONV_ENV, "auto") == "keras":
+        return False
+    in_bounds = in_bounds_fraction(tuple(inputs.shape[1:3]), layer.kernel_size, layer.dilation_rate)
+    return kernels.winograd_applies(layer, inputs, training, in_bounds)
+
+
 @keras.saving.register_keras_serializable(package="deeplab")
 class BiasConv2D(layers.Conv2D):
-    """A Conv2D whose training step on a CPU takes the bias gradient by `add_bias_matvec`, and
-    the kernel gradient by `matmul_gradient_conv1x1` where that applies (see
-    `matmul_gradient_applies`). Conv2D everywhere else: same weights and config.
+    """A Conv2D whose training step on a CPU takes the bias gradient by `add_bias_matvec`, the
+    kernel gradient by `matmul_gradient_conv1x1` where that applies (see
+    `matmul_gradient_applies`), and its 3x3s in float32 by Winograd's F(4x4, 3x3) where that
+    does a quarter to a half of the multiplications (`winograd_applies`; conv5's rate-2 3x3s
+    and ASPP's rate 6 are DilatedConv2D, which inherits this). Conv2D everywhere else: same
+    weights and config.
     keras.applications' convs with a bias are re-classed to it (their 1x1 stride-1 convs to
     its subclass PointwiseConv2D) by build_deeplabv3."""
 
@@ -381,6 +395,8 @@ class BiasConv2D(layers.Conv2D):
         training = bool(training)
         if matmul_gradient_applies(self, training):
             outputs = matmul_gradient_conv1x1(inputs, tf.convert_to_tensor(self.kernel))
+        elif winograd_applies(self, inputs, training):
+            outputs = kernels.winograd_conv3x3(inputs, tf.convert_to_tensor(self.kernel), self.dilation_rate)
         else:
             outputs = self._convolve(inputs, self.kernel, training)
         return _conv_call(self, outputs, training)
