@@ -12,6 +12,9 @@ runs in a fresh process, one at a time, so no two share the cores; the rounds re
 whole sequence, so a slow spell of a shared machine hits every configuration, and each
 configuration's best round is compared (the median is given too).
 
+Our float32 also runs with DEEPLAB_WINOGRAD=off ("ours float32 direct-3x3"), so that the gain of
+Winograd's 3x3 convs (kit/kernels.py) over the direct convolution is measured in the same run.
+
 Reported: images/s per configuration; our float32 and bfloat16 over PyTorch's best layout in
 the same precision; our bfloat16 over our float32; the dense matmul peaks (float32 and
 bfloat16) and our training's fraction of them, counting every kernel tap and counting only
@@ -75,11 +78,18 @@ def _last_json(stdout: str, what: str) -> dict:
     raise SystemExit(f"error: {what} printed no JSON result:\n{stdout[-2000:]}")
 
 
-def run_ours(policy: str, args) -> dict:
-    """bench_train.py's child: images/s and forward FLOPs of our model in `policy`."""
+DIRECT_3X3 = "direct-3x3"  # our variant with Winograd off
+
+
+def run_ours(policy: str, args, variant: str = "") -> dict:
+    """bench_train.py's child: images/s and forward FLOPs of our model in `policy`; the
+    DIRECT_3X3 variant with DEEPLAB_WINOGRAD=off."""
+    from kit.kernels import WINOGRAD_ENV  # TensorFlow is loaded by now (main), after prefer_onednn
+
+    env = {**os.environ, WINOGRAD_ENV: "off"} if variant == DIRECT_3X3 else None
     done = subprocess.run([sys.executable, str(HERE / "bench_train.py"), "--child", "deeplabv3", policy,
                            str(args.size), "-", "--batch-size", str(args.batch_size), "--steps", str(args.steps)],
-                          capture_output=True, text=True, cwd=HERE)
+                          capture_output=True, text=True, cwd=HERE, env=env)
     if done.returncode:
         raise SystemExit(f"error: our {policy} run failed:\n{done.stderr[-3000:]}")
     return _last_json(done.stdout, f"our {policy} run")
@@ -109,6 +119,7 @@ def main(args):
 
     peaks = {precision: bench_train.matmul_peak(precision) for precision in args.precisions}
     configs = ([("ours", OUR_POLICY[precision], "") for precision in args.precisions]
+               + ([("ours", "float32", DIRECT_3X3)] if "float32" in args.precisions else [])
                + [("pytorch", precision, layout) for precision in args.precisions for layout in LAYOUTS])
     rates = {config: [] for config in configs}
     flops = {}
@@ -116,10 +127,10 @@ def main(args):
         for config in configs:
             framework, precision, layout = config
             if framework == "ours":
-                measured = run_ours(precision, args)
+                measured = run_ours(precision, args, layout)
                 flops = {"all_taps": measured["forward_flops"], "in_bounds": measured["forward_flops_in_bounds"]}
                 rate = measured["images_per_s"]
-                print(f"round {round_ + 1}: ours {precision} ({measured['dilated_conv']} dilated convs, "
+                print(f"round {round_ + 1}: ours {precision}{' ' + layout if layout else ''} ({measured['dilated_conv']} dilated convs, "
                       f"oneDNN {measured['onednn']}): {rate:.3f} images/s", file=sys.stderr, flush=True)
             else:
                 rate = run_torch(precision, layout, args)["images_per_s"]
@@ -128,6 +139,10 @@ def main(args):
             rates[config].append(rate)
 
     def best(framework, precision, layout=None):
+        """The best round of `framework` in `precision`: of `layout` if given, else of every
+        layout for PyTorch and of the default configuration for ours."""
+        if layout is None and framework == "ours":
+            layout = ""
         found = [max(r) for (f, p, l), r in rates.items() if f == framework and p == precision
                  and (layout is None or l == layout)]
         return max(found)
@@ -143,6 +158,9 @@ def main(args):
         ratios[f"ours_{short}_over_pytorch_best_{short}"] = round(ours / theirs, 2)
         fractions[f"ours_{short}"] = mfu(ours, precision, "all_taps")
         fractions[f"ours_{short}_in_bounds"] = mfu(ours, precision, "in_bounds")
+    if "float32" in args.precisions:
+        ratios["ours_fp32_over_ours_fp32_direct_3x3"] = round(
+            best("ours", "float32") / best("ours", "float32", DIRECT_3X3), 2)
     if len(args.precisions) == 2:
         ratios["ours_bf16_over_ours_fp32"] = round(best("ours", "mixed_bfloat16") / best("ours", "float32"), 2)
         ratios["pytorch_bf16_over_pytorch_fp32"] = round(best("pytorch", "bfloat16") / best("pytorch", "float32"), 2)
