@@ -95,6 +95,13 @@ def winograd_setting(compute_dtype: str) -> str:
     return f"Winograd F(4x4, 3x3) where it does at most half the multiplications, {WINOGRAD_MIN_CHANNELS}+ channels"
 
 
+def _inside_xla() -> bool:
+    """Whether the graph being traced is compiled by XLA as a whole (a jit_compile function)."""
+    from tensorflow.python.ops import control_flow_util  # TensorFlow's own test for this
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def _cover(size: int, rate: int) -> tuple[int, int]:
     """(sub-grid side, tiles per sub-grid side) for `size` pixels dilated by `rate`: a rate-r
     conv is r ordinary convs on the sub-grids of every r-th pixel, each of ceil(size / r)."""
@@ -119,7 +126,9 @@ def winograd_applies(layer, inputs, training: bool, in_bounds: float | None) -> 
     """Whether a training step computes Conv2D `layer` on `inputs` by `winograd_conv3x3`.
 
     It can for a float32 channels-last 3x3 conv with stride 1 and "same" padding on a map of
-    known size, where XLA compiles. "auto" then takes it on a CPU, with at least
+    known size, where XLA compiles, in a step that XLA does not compile as a whole (`train.py
+    --xla`: XLA then plans the convs itself, and it spent minutes constant-folding the
+    transforms of a forced rate-12 conv on a 4x4 map). "auto" then takes it on a CPU, with at least
     WINOGRAD_MIN_CHANNELS in and out, where it does at most WINOGRAD_MAX_SHARE of the
     multiplications of the taps that read inside the map (`in_bounds`, the fraction of taps
     that do; None when unknown). "on" takes it wherever it can (tests, benchmarks); "off" never.
@@ -129,7 +138,7 @@ def winograd_applies(layer, inputs, training: bool, in_bounds: float | None) -> 
     can = (training and choice != "off" and layer.compute_dtype == "float32"
            and layer.data_format == "channels_last" and tuple(layer.kernel_size) == (3, 3)
            and tuple(layer.strides) == (1, 1) and layer.padding == "same" and layer.groups == 1
-           and None not in size)
+           and None not in size and not _inside_xla())
     if not can:
         return False
     if not xla_compiles():

@@ -112,6 +112,21 @@ def test_the_setting_forces_it_on_or_off(auto):
         kernels.winograd_choice()
 
 
+def test_a_step_compiled_whole_by_xla_keeps_the_direct_conv(auto):
+    """train.py --xla: XLA plans the whole step's convs itself, even when Winograd is forced."""
+    auto.setenv(kernels.WINOGRAD_ENV, "on")
+    layer, seen = _conv(512, 2), []
+
+    @tf.function(jit_compile=True)
+    def step(x):
+        seen.append(deeplab.winograd_applies(layer, x, True))
+        return x
+
+    step(tf.zeros((1, 24, 24, 512)))
+    assert seen == [False]
+    assert deeplab.winograd_applies(layer, keras.KerasTensor((1, 24, 24, 512)), True)
+
+
 def test_forcing_it_without_xla_is_an_error(auto):
     auto.setattr(kernels, "xla_compiles", lambda: False)
     conv5 = keras.KerasTensor((4, 24, 24, 512))
