@@ -1,13 +1,18 @@
-"""Forward and backward of DeepLab v3's dilated convolutions alone, under each kernel.
+"""Forward and backward of DeepLab v3's 3x3 convolutions alone, dilated or not, under each kernel.
 
-    python bench/bench_dilated.py [--size 384] [--batch-size 4] [--kernels native,portable,taps]
-        [--precision float32] [--repeats 5] [--out FILE]
+    python bench/bench_dilated.py [--size 384] [--batch-size 4]
+        [--kernels native,portable,taps,winograd] [--precision float32] [--repeats 5] [--out FILE]
 
 The layers are those of the product at output stride 16: conv5's 3x3 rate-2 conv (512 -> 512)
 and ASPP's three 3x3 branches at rates 6, 12 and 18 (2048 -> 256), on the (size / 16)-square
-feature map. Each kernel (model.dilated_conv_kernel: native, portable, taps) is forced through
-DEEPLAB_DILATED_CONV and timed as one training step of the layer alone (forward, a sum of
+feature map, and ResNet-50's undilated 3x3s of conv4, conv3 and conv2 (256, 128 and 64
+channels on maps 1, 2 and 4 times that side). Each dilated-conv kernel
+(model.dilated_conv_kernel: native, portable, taps) is forced through DEEPLAB_DILATED_CONV with
+Winograd off (DEEPLAB_WINOGRAD=off), and `winograd` forces Winograd's F(4x4, 3x3)
+(kit/kernels.py) on; the undilated convs run `native` (the direct conv) and `winograd` only.
+Each is timed as one training step of the layer alone (forward, a sum of
 squares, gradients of the input and the kernel), best of `--repeats` after two warm-up calls.
+`auto` names the kernel a training step takes by default here.
 A conv with most of its taps in bounds (conv5's: 0.89) trains with native or portable even
 when taps is asked for (model.TAPS_BELOW_IN_BOUNDS), so its taps column is that fallback.
 oneDNN is on unless TF_ENABLE_ONEDNN_OPTS=0, as in train.py; without it TensorFlow has no
@@ -31,10 +36,13 @@ runtime.prefer_onednn()  # as train.py, unless TF_ENABLE_ONEDNN_OPTS is already 
 import tensorflow as tf  # noqa: E402
 
 import model as deeplab  # noqa: E402
+from kit import kernels  # noqa: E402
 
-LAYERS = (("conv5 3x3 rate 2", 512, 512, 2), ("ASPP rate 6", 2048, 256, 6),
-          ("ASPP rate 12", 2048, 256, 12), ("ASPP rate 18", 2048, 256, 18))
-KERNELS = ("native", "portable", "taps")
+# (name, channels in, channels out, rate, map side over size / 16)
+LAYERS = (("conv5 3x3 rate 2", 512, 512, 2, 1), ("ASPP rate 6", 2048, 256, 6, 1),
+          ("ASPP rate 12", 2048, 256, 12, 1), ("ASPP rate 18", 2048, 256, 18, 1),
+          ("conv4 3x3", 256, 256, 1, 1), ("conv3 3x3", 128, 128, 1, 2), ("conv2 3x3", 64, 64, 1, 4))
+KERNELS = ("native", "portable", "taps", "winograd")
 
 
 def parse_args(argv=None):
@@ -53,23 +61,50 @@ def parse_args(argv=None):
 
 
 @contextlib.contextmanager
-def forced_kernel(kernel: str) -> Iterator[None]:
-    """DilatedConv2D layers traced inside take `kernel`; the setting before is restored after."""
-    before = os.environ.get(deeplab.DILATED_CONV_ENV)
-    os.environ[deeplab.DILATED_CONV_ENV] = kernel
+def forced_kernel(kernel: str | None) -> Iterator[None]:
+    """DilatedConv2D layers traced inside take `kernel` ("winograd": Winograd's F(4x4, 3x3),
+    else that dilated-conv kernel with Winograd off; None: the defaults, unset); the settings
+    before are restored after."""
+    settings = {deeplab.DILATED_CONV_ENV: None, kernels.WINOGRAD_ENV: None}
+    if kernel == "winograd":
+        settings[kernels.WINOGRAD_ENV] = "on"
+    elif kernel is not None:
+        settings.update({deeplab.DILATED_CONV_ENV: kernel, kernels.WINOGRAD_ENV: "off"})
+    before = {name: os.environ.get(name) for name in settings}
     try:
+        for name, value in settings.items():
+            _set(name, value)
         yield
     finally:
-        if before is None:
-            os.environ.pop(deeplab.DILATED_CONV_ENV, None)
-        else:
-            os.environ[deeplab.DILATED_CONV_ENV] = before
+        for name, value in before.items():
+            _set(name, value)
+
+
+def _set(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def time_layer(kernel: str, shape: tuple, filters: int, rate: int, dtype: str, repeats: int) -> float | str:
     """Best ms of one training step of a DilatedConv2D forced to `kernel`, or "unsupported"."""
-    with forced_kernel(kernel):  # the setting is read when the step is traced
+    with forced_kernel(kernel):  # the settings are read when the step is traced
         return _time_step(shape, filters, rate, dtype, repeats)
+
+
+def auto_kernel(shape: tuple, filters: int, rate: int, dtype: str) -> str:
+    """The kernel a training step takes here by default for this layer."""
+    layer = deeplab.DilatedConv2D(filters, 3, padding="same", dilation_rate=rate, use_bias=False, dtype=dtype)
+    with forced_kernel(None):
+        if deeplab.winograd_applies(layer, tf.TensorSpec(shape), True):
+            return "winograd"
+        if rate == 1:
+            return "native"
+        choice = deeplab.dilated_conv_kernel(dtype)
+        if choice == "taps" and deeplab.in_bounds_fraction(shape[1:3], (3, 3), (rate, rate)) >= deeplab.TAPS_BELOW_IN_BOUNDS:
+            return "native" if deeplab.native_dilated_gradients(dtype) else "portable"
+        return choice
 
 
 def _time_step(shape: tuple, filters: int, rate: int, dtype: str, repeats: int) -> float | str:
@@ -99,14 +134,21 @@ def _time_step(shape: tuple, filters: int, rate: int, dtype: str, repeats: int) 
 
 
 def main(args):
-    side = args.size // 16
     rows = []
-    for name, c_in, filters, rate in LAYERS:
+    for name, c_in, filters, rate, scale in LAYERS:
+        side = args.size // 16 * scale
+        shape = (args.batch_size, side, side, c_in)
         row = {"layer": name, "map": side, "in_bounds": round(
-            deeplab.in_bounds_fraction((side, side), (3, 3), (rate, rate)), 2)}
+            deeplab.in_bounds_fraction((side, side), (3, 3), (rate, rate)), 2),
+            "winograd_multiplies": kernels.winograd_multiplies((side, side), (rate, rate)),
+            "auto": auto_kernel(shape, filters, rate, args.precision)}
         for kernel in args.kernels:
-            row[kernel] = time_layer(kernel, (args.batch_size, side, side, c_in), filters, rate,
-                                     args.precision, args.repeats)
+            if rate == 1 and kernel in ("portable", "taps"):
+                continue  # an undilated conv is the direct conv under every dilated-conv kernel
+            if kernel == "winograd" and args.precision != "float32":
+                row[kernel] = "float32 only"
+                continue
+            row[kernel] = time_layer(kernel, shape, filters, rate, args.precision, args.repeats)
         rows.append(row)
     emit({"benchmark": "dilated convolutions, forward and backward, ms", "machine": machine(),
           "size": args.size, "batch_size": args.batch_size, "precision": args.precision,
