@@ -5,8 +5,10 @@ minimal filtering F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutiona
 Networks", 2016): each 4x4 block of outputs comes from a 6x6 block of inputs with 36
 multiplications per channel pair instead of 144. The 36 products are 36 matmuls, one per
 position in the transformed tile, over every tile of the batch; the transforms before and
-after them are small linear maps compiled by XLA into a few passes over memory. Gradients are
-TensorFlow's automatic ones: the transposed transforms around two more batched matmuls.
+after them are small linear maps compiled by XLA into a few passes over memory. The backward
+pass is two more batched matmuls and the transposed transforms, which XLA derives from the
+forward ones; being linear, they keep nothing from the forward pass but the tiles the
+matmuls' gradients need.
 
 TensorFlow's CPU convolutions (oneDNN or Eigen) run at about the dense matmul peak, so they
 cannot go faster without doing fewer multiplications; this kernel does a quarter of them.
@@ -240,5 +242,43 @@ def winograd_conv3x3(x, kernel, rate=(1, 1)):
     if tuple(kernel.shape[:2]) != (3, 3):
         raise ValueError(f"winograd_conv3x3 takes a 3x3 kernel, got {tuple(kernel.shape)}")
     h, w = x.shape[1], x.shape[2]
-    m = tf.matmul(_input_tiles(x, rate[0]), _kernel_tiles(kernel))  # (36, P, K)
-    return _output_tiles(m, rate[0], h, w)
+    rate = rate[0]
+
+    # The transforms are linear, so their gradients need no values saved from the forward
+    # pass; TensorFlow's automatic gradient of a compiled function would keep its
+    # intermediates alive until the backward pass.
+    @tf.custom_gradient
+    def input_tiles(x):
+        def grad(dv):
+            return _input_tiles_transposed(x, dv, rate)
+
+        return _input_tiles(x, rate), grad
+
+    @tf.custom_gradient
+    def output_tiles(m):
+        def grad(dy):
+            return _output_tiles_transposed(m, dy, rate, h, w)
+
+        return _output_tiles(m, rate, h, w), grad
+
+    m = tf.matmul(input_tiles(x), _kernel_tiles(kernel))  # (36, P, K)
+    return output_tiles(m)
+
+
+@tf.function(jit_compile=True)
+def _input_tiles_transposed(x, dv, rate: int):
+    """dv (36, P, C) -> dx (B, H, W, C): the transposed input transform. x only gives the shape
+    (XLA drops the forward pass, whose values the gradient of a linear map does not use)."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        v = _input_tiles.python_function(x, rate)
+    return tape.gradient(v, x, output_gradients=dv)
+
+
+@tf.function(jit_compile=True)
+def _output_tiles_transposed(m, dy, rate: int, h: int, w: int):
+    """dy (B, h, w, K) -> dm (36, P, K): the transposed output transform."""
+    with tf.GradientTape() as tape:
+        tape.watch(m)
+        y = _output_tiles.python_function(m, rate, h, w)
+    return tape.gradient(y, m, output_gradients=dy)
