@@ -181,3 +181,14 @@ def test_a_resnet_training_step_reaches_winograd_for_its_wide_3x3s(auto):
     model(np.zeros((2, 64, 64, 3), "float32"), training=True)
     assert (8, 8, 128) in seen and (4, 4, 256) in seen
     assert not any(shape[-1] == 64 for shape in seen)
+
+
+def test_the_demos_mobilenet_takes_no_winograd(auto):
+    """The quick start's network (MobileNetV2, ASPP with 64 filters): depthwise 3x3s, a strided
+    first conv and 64-channel ASPP branches, none of which auto takes, so its training is the
+    direct convolutions' as before."""
+    model = deeplab.build_deeplabv3((64, 64, 3), backbone_weights=None, backbone="mobilenetv2", aspp_filters=64)
+    seen, original = [], kernels.winograd_conv3x3
+    auto.setattr(kernels, "winograd_conv3x3", lambda *a: seen.append(1) or original(*a))
+    model(np.zeros((2, 64, 64, 3), "float32"), training=True)
+    assert not seen
