@@ -127,7 +127,8 @@ def winograd_multiplies(size, rate) -> float | None:
 def winograd_applies(layer, inputs, training: bool, in_bounds: float | None) -> bool:
     """Whether a training step computes Conv2D `layer` on `inputs` by `winograd_conv3x3`.
 
-    It can for a float32 channels-last 3x3 conv with stride 1 and "same" padding on a map of
+    It can for a float32 channels-last 3x3 conv with stride 1, "same" padding and one
+    dilation rate for both axes on a map of
     known size, where XLA compiles, in a step that XLA does not compile as a whole (`train.py
     --xla`: XLA then plans the convs itself, and it spent minutes constant-folding the
     transforms of a forced rate-12 conv on a 4x4 map). "auto" then takes it on a CPU, with at least
@@ -140,7 +141,7 @@ def winograd_applies(layer, inputs, training: bool, in_bounds: float | None) -> 
     can = (training and choice != "off" and layer.compute_dtype == "float32"
            and layer.data_format == "channels_last" and tuple(layer.kernel_size) == (3, 3)
            and tuple(layer.strides) == (1, 1) and layer.padding == "same" and layer.groups == 1
-           and None not in size and not _inside_xla())
+           and layer.dilation_rate[0] == layer.dilation_rate[1] and None not in size and not _inside_xla())
     if not can:
         return False
     if not xla_compiles():

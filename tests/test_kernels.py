@@ -94,6 +94,7 @@ def test_auto_takes_winograd_where_it_does_under_half_the_in_bounds_work(auto):
     assert not deeplab.winograd_applies(_conv(512), keras.KerasTensor((4, None, None, 512)), True)
     assert not deeplab.winograd_applies(_conv(512, kernel_size=1), conv5, True)
     assert not deeplab.winograd_applies(_conv(512, strides=2), conv5, True)
+    assert not deeplab.winograd_applies(_conv(512, (1, 2)), conv5, True)  # winograd_conv3x3 takes one rate
     auto.setenv(deeplab.DILATED_CONV_ENV, "keras")  # TensorFlow's stock kernels throughout
     assert not deeplab.winograd_applies(_conv(512, 2), conv5, True)
 
