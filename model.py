@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from kit import kernels, runtime
+from kit.errors import ConfigError
 from kit.voc import NUM_CLASSES
 
 BN_EPSILON = 1.001e-5  # keras.applications.ResNet50's, so pretrained statistics carry over
@@ -104,6 +105,15 @@ def onednn_enabled() -> bool:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
+def dilated_conv_choice() -> str:
+    """DILATED_CONV_ENV's value, "auto" when unset; a ConfigError (which entry points print as
+    `error: ...`) names any other value than DILATED_CONV_KERNELS."""
+    choice = os.environ.get(DILATED_CONV_ENV, "auto")
+    if choice not in DILATED_CONV_KERNELS:
+        raise ConfigError(f"{DILATED_CONV_ENV}={choice!r}: expected one of {DILATED_CONV_KERNELS}")
+    return choice
+
+
 def dilated_conv_kernel(dtype: str = "float32") -> str:
     """The kernel DilatedConv2D trains with here for `dtype` inputs: "native", "taps",
     "portable" or "keras".
@@ -127,9 +137,7 @@ def dilated_conv_kernel(dtype: str = "float32") -> str:
     exported graphs hold one dilated conv rather than taps.
     The environment variable DEEPLAB_DILATED_CONV forces one (benchmarks and tests do).
     """
-    forced = os.environ.get(DILATED_CONV_ENV, "auto")
-    if forced not in DILATED_CONV_KERNELS:
-        raise ValueError(f"{DILATED_CONV_ENV}={forced!r}: expected one of {DILATED_CONV_KERNELS}")
+    forced = dilated_conv_choice()
     if forced != "auto":
         return forced
     if tf.config.list_physical_devices("GPU"):
@@ -325,7 +333,7 @@ def matmul_gradient_applies(layer: layers.Conv2D, training: bool) -> bool:
             and tuple(layer.kernel_size) == (1, 1) and tuple(layer.strides) == (1, 1)
             and tuple(layer.dilation_rate) == (1, 1)
             and min(layer.kernel.shape[2], layer.filters) >= MATMUL_GRADIENT_MIN_CHANNELS
-            and os.environ.get(DILATED_CONV_ENV, "auto") in ("auto", "taps")
+            and dilated_conv_choice() in ("auto", "taps")
             and not tf.config.list_physical_devices("GPU"))
 
 
@@ -353,7 +361,7 @@ def add_bias_matvec(y, bias):
 def bias_gradient_by_matvec(training: bool) -> bool:
     """Whether a training step here adds conv biases through `add_bias_matvec`: on a CPU,
     unless DILATED_CONV_ENV asks for TensorFlow's stock kernels ("keras")."""
-    return (training and os.environ.get(DILATED_CONV_ENV, "auto") != "keras"
+    return (training and dilated_conv_choice() != "keras"
             and not tf.config.list_physical_devices("GPU"))
 
 
@@ -371,7 +379,7 @@ def winograd_applies(layer: layers.Conv2D, inputs, training: bool) -> bool:
     (`kit.kernels.winograd_applies`, which counts its multiplications against those of the
     taps that read inside the map), unless DILATED_CONV_ENV asks for TensorFlow's stock
     kernels ("keras")."""
-    if os.environ.get(DILATED_CONV_ENV, "auto") == "keras":
+    if dilated_conv_choice() == "keras":
         return False
     in_bounds = in_bounds_fraction(tuple(inputs.shape[1:3]), layer.kernel_size, layer.dilation_rate)
     return kernels.winograd_applies(layer, inputs, training, in_bounds)

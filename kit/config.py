@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from kit import data
 from kit import synthetic
-from kit.errors import KitError
+from kit.errors import ConfigError  # noqa: F401  (config.ConfigError is how the scripts name it)
 
 RUN_CONFIG = "config.json"
 # The run directory's other files that more than one script reads: train.py's per-epoch log and
@@ -31,10 +31,6 @@ RUN_CONFIG = "config.json"
 RUN_LOG = "log.csv"
 RUN_METRICS = "metrics.json"
 MONITOR = "val_mean_iou"
-
-
-class ConfigError(KitError, ValueError):
-    """Settings that cannot work together, or a run directory that holds no usable config."""
 
 
 @dataclass(frozen=True)

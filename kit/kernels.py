@@ -30,6 +30,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from kit.errors import ConfigError
+
 WINOGRAD_ENV = "DEEPLAB_WINOGRAD"
 WINOGRAD_CHOICES = ("auto", "on", "off")
 OUT_TILE = 4  # outputs per tile side; the input tile is OUT_TILE + 2 = 6 (a 3x3 kernel)
@@ -66,7 +68,7 @@ def winograd_choice() -> str:
     """DEEPLAB_WINOGRAD: "auto" (default), "on" (every conv it can compute) or "off"."""
     choice = os.environ.get(WINOGRAD_ENV, "auto")
     if choice not in WINOGRAD_CHOICES:
-        raise ValueError(f"{WINOGRAD_ENV}={choice!r}: expected one of {WINOGRAD_CHOICES}")
+        raise ConfigError(f"{WINOGRAD_ENV}={choice!r}: expected one of {WINOGRAD_CHOICES}")
     return choice
 
 

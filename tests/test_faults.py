@@ -20,7 +20,7 @@ import evaluate
 import predict
 import train
 from conftest import build_cvat_export, tiny_argv
-from kit import config, data, deploy, inference, navigation, voc
+from kit import cli, config, data, deploy, inference, navigation, voc
 
 
 def _snapshot(folder: Path) -> dict:
@@ -213,6 +213,17 @@ def test_training_values_that_cannot_work_are_refused_before_anything_is_written
     args = train.parse_args(["--run-dir", str(tmp_path / "run"), *flags])
     with pytest.raises(config.ConfigError, match=message):
         train.main(args)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("variable", ["DEEPLAB_DILATED_CONV", "DEEPLAB_WINOGRAD"])
+def test_a_bad_kernel_setting_is_one_error_line_and_writes_nothing(tmp_path, monkeypatch, capsys, variable):
+    monkeypatch.setenv(variable, "fast")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(train.main, train.parse_args, ["--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {variable}='fast': expected one of (")
     assert not (tmp_path / "run").exists()
 
 
