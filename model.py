@@ -401,15 +401,32 @@ class BiasConv2D(layers.Conv2D):
         if self.data_format != "channels_last":
             return layers.Conv2D.call(self, inputs)
         training = bool(training)
-        if matmul_gradient_applies(self, training):
+        kernel = self.kernel_for(inputs, training)
+        if kernel == "matmul_gradient":
             outputs = matmul_gradient_conv1x1(inputs, tf.convert_to_tensor(self.kernel))
-        elif winograd_applies(self, inputs, training):
+        elif kernel == "winograd":
             outputs = kernels.winograd_conv3x3(inputs, tf.convert_to_tensor(self.kernel), self.dilation_rate)
         else:
-            outputs = self._convolve(inputs, self.kernel, training)
+            outputs = self._convolve(inputs, self.kernel, kernel)
         return _conv_call(self, outputs, training)
 
-    def _convolve(self, inputs, kernel, training: bool):
+    def kernel_for(self, inputs, training: bool) -> str:
+        """The kernel `call` computes this conv with, here and now, for `inputs` (a tensor or
+        a spec: only its static shape is read): "matmul_gradient", "winograd", or the direct
+        conv's kernel, `_direct_kernel`. It is chosen when a step is traced; benchmarks ask it
+        which kernel they timed."""
+        if matmul_gradient_applies(self, training):
+            return "matmul_gradient"
+        if winograd_applies(self, inputs, training):
+            return "winograd"
+        return self._direct_kernel(inputs.shape, training)
+
+    def _direct_kernel(self, shape, training: bool) -> str:
+        """"native": TensorFlow's own conv (Conv2D.convolution_op)."""
+        return "native"
+
+    def _convolve(self, inputs, kernel, direct: str):
+        """The conv by the direct kernel `direct` (`_direct_kernel`'s name)."""
         return self.convolution_op(inputs, kernel)
 
 
@@ -434,27 +451,41 @@ class DilatedConv2D(BiasConv2D):
     """
 
     def convolution_op(self, inputs, kernel):
-        return self._convolve(inputs, kernel, training=False)
+        # Conv2D.call's path (channels first, or a caller outside `call`): inference.
+        return self._convolve(inputs, kernel, self._direct_kernel(inputs.shape, training=False))
 
-    def _convolve(self, inputs, kernel, training: bool):
-        if self.data_format != "channels_last" or max(self.dilation_rate) == 1:
-            return super().convolution_op(inputs, kernel)
+    def _direct_kernel(self, shape, training: bool) -> str:
+        """dilated_conv_kernel's choice for this layer and map size: "taps" only in training
+        and where few taps read inside the map, "portable", "native" (tf.nn.conv2d with
+        dilations) or "keras" (Conv2D's stock SpaceToBatchND path)."""
+        if max(self.dilation_rate) == 1:
+            return "native"
+        if self.data_format != "channels_last":
+            return "keras"
         choice = dilated_conv_kernel(self.compute_dtype)
         # Tap-shaped kernels need a stride-1 "same" conv with an odd kernel (ASPP's and conv5's).
         by_taps = (self.padding == "same" and max(self.strides) == 1 and all(k % 2 for k in self.kernel_size))
         if choice == "taps" and training and by_taps:
-            fraction = in_bounds_fraction(inputs.shape[1:3], self.kernel_size, self.dilation_rate)
-            native_gradients = native_dilated_gradients(self.compute_dtype)
+            fraction = in_bounds_fraction(tuple(shape[1:3]), self.kernel_size, self.dilation_rate)
             if fraction is not None and fraction < TAPS_BELOW_IN_BOUNDS:
-                return tap_dilated_conv2d(inputs, tf.convert_to_tensor(kernel), self.dilation_rate,
-                                          native_input_gradient=native_gradients)
+                return "taps"
             # Most taps read the image (conv5's rate 2 on 24x24: 0.89) or the size is unknown:
             # the native conv was faster (bfloat16 50 against 64 ms, float32 219 against 232
             # ms for 512 -> 512 at 24x24, batch 4), and portable's gradients without oneDNN.
-            choice = "native" if native_gradients else "portable"
+            return "native" if native_dilated_gradients(self.compute_dtype) else "portable"
         if choice == "portable" and by_taps:
-            return portable_dilated_conv2d(inputs, tf.convert_to_tensor(kernel), self.dilation_rate)
+            return "portable"  # in inference too: its forward pass is the native one
         if choice in ("native", "taps"):  # taps infers with the native forward pass
+            return "native"
+        return "keras"
+
+    def _convolve(self, inputs, kernel, direct: str):
+        if direct == "taps":
+            return tap_dilated_conv2d(inputs, tf.convert_to_tensor(kernel), self.dilation_rate,
+                                      native_input_gradient=native_dilated_gradients(self.compute_dtype))
+        if direct == "portable":
+            return portable_dilated_conv2d(inputs, tf.convert_to_tensor(kernel), self.dilation_rate)
+        if direct == "native" and max(self.dilation_rate) > 1:
             return tf.nn.conv2d(inputs, kernel, strides=list(self.strides), padding=self.padding.upper(),
                                 dilations=list(self.dilation_rate))
         return super().convolution_op(inputs, kernel)

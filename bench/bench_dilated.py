@@ -12,7 +12,8 @@ Winograd off (DEEPLAB_WINOGRAD=off), and `winograd` forces Winograd's F(4x4, 3x3
 (kit/kernels.py) on; the undilated convs run `native` (the direct conv) and `winograd` only.
 Each is timed as one training step of the layer alone (forward, a sum of
 squares, gradients of the input and the kernel), best of `--repeats` after two warm-up calls.
-`auto` names the kernel a training step takes by default here.
+`auto` names the kernel a training step takes by default here, as the layer itself chooses it
+(BiasConv2D.kernel_for).
 A conv with most of its taps in bounds (conv5's: 0.89) trains with native or portable even
 when taps is asked for (model.TAPS_BELOW_IN_BOUNDS), so its taps column is that fallback.
 oneDNN is on unless TF_ENABLE_ONEDNN_OPTS=0, as in train.py; without it TensorFlow has no
@@ -94,17 +95,11 @@ def time_layer(kernel: str, shape: tuple, filters: int, rate: int, dtype: str, r
 
 
 def auto_kernel(shape: tuple, filters: int, rate: int, dtype: str) -> str:
-    """The kernel a training step takes here by default for this layer."""
+    """The kernel a training step takes here by default for this layer (the layer's own choice)."""
     layer = deeplab.DilatedConv2D(filters, 3, padding="same", dilation_rate=rate, use_bias=False, dtype=dtype)
+    layer.build(shape)
     with forced_kernel(None):
-        if deeplab.winograd_applies(layer, tf.TensorSpec(shape), True):
-            return "winograd"
-        if rate == 1:
-            return "native"
-        choice = deeplab.dilated_conv_kernel(dtype)
-        if choice == "taps" and deeplab.in_bounds_fraction(shape[1:3], (3, 3), (rate, rate)) >= deeplab.TAPS_BELOW_IN_BOUNDS:
-            return "native" if deeplab.native_dilated_gradients(dtype) else "portable"
-        return choice
+        return layer.kernel_for(tf.TensorSpec(shape), training=True)
 
 
 def _time_step(shape: tuple, filters: int, rate: int, dtype: str, repeats: int) -> float | str:

@@ -193,3 +193,28 @@ def test_the_demos_mobilenet_takes_no_winograd(auto):
     auto.setattr(kernels, "winograd_conv3x3", lambda *a: seen.append(1) or original(*a))
     model(np.zeros((2, 64, 64, 3), "float32"), training=True)
     assert not seen
+
+
+@pytest.mark.parametrize("filters,rate,forced,expected", [
+    (128, 2, None, "winograd"),  # 2.25 of 6.25 in-bounds multiplies
+    (128, 6, None, "taps"),      # Winograd 9 of 2.25; a quarter of the taps read the map
+    (8, 2, None, "taps"),        # too few channels for Winograd
+    (8, 1, None, "native"),
+    (8, 2, "keras", "keras"),
+    (8, 2, "portable", "portable"),
+])
+def test_kernel_for_names_the_kernel_a_training_call_runs(auto, filters, rate, forced, expected):
+    """What bench_dilated reports as `auto` is what a training step runs (one choice, not two)."""
+    if forced:
+        auto.setenv(deeplab.DILATED_CONV_ENV, forced)
+    ran = []
+    for module, name in [(kernels, "winograd_conv3x3"), (deeplab, "tap_dilated_conv2d"),
+                         (deeplab, "portable_dilated_conv2d")]:
+        auto.setattr(module, name, lambda *a, _f=getattr(module, name), _n=name, **k: ran.append(_n) or _f(*a, **k))
+    layer = _conv(filters, rate)
+    x = tf.zeros((1, 8, 8, filters))
+    layer.build(x.shape)
+    assert layer.kernel_for(x, training=True) == expected
+    _training_outputs(layer, x)
+    assert ran == {"winograd": ["winograd_conv3x3"], "taps": ["tap_dilated_conv2d"],
+                   "portable": ["portable_dilated_conv2d"]}.get(expected, [])
