@@ -35,8 +35,8 @@ import losses  # noqa: E402
 import metrics  # noqa: E402
 import pipeline  # noqa: E402
 from kit import training  # noqa: E402
-from kit.kernels import winograd_setting  # noqa: E402
-from model import build_deeplabv3, dilated_conv_kernel, inference_model, onednn_enabled, training_model  # noqa: E402
+from kit.kernels import dilated_conv_kernel, onednn_enabled, winograd_setting  # noqa: E402
+from model import build_deeplabv3, inference_model, training_model  # noqa: E402
 
 
 def parse_args(argv=None):

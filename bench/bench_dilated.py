@@ -7,7 +7,7 @@ The layers are those of the product at output stride 16: conv5's 3x3 rate-2 conv
 and ASPP's three 3x3 branches at rates 6, 12 and 18 (2048 -> 256), on the (size / 16)-square
 feature map, and ResNet-50's undilated 3x3s of conv4, conv3 and conv2 (256, 128 and 64
 channels on maps 1, 2 and 4 times that side). Each dilated-conv kernel
-(model.dilated_conv_kernel: native, portable, taps) is forced through DEEPLAB_DILATED_CONV with
+(kernels.dilated_conv_kernel: native, portable, taps) is forced through DEEPLAB_DILATED_CONV with
 Winograd off (DEEPLAB_WINOGRAD=off), and `winograd` forces Winograd's F(4x4, 3x3)
 (kit/kernels.py) on; the undilated convs run `native` (the direct conv) and `winograd` only.
 Each is timed as one training step of the layer alone (forward, a sum of
@@ -15,7 +15,7 @@ squares, gradients of the input and the kernel), best of `--repeats` after two w
 `auto` names the kernel a training step takes by default here, as the layer itself chooses it
 (BiasConv2D.kernel_for).
 A conv with most of its taps in bounds (conv5's: 0.89) trains with native or portable even
-when taps is asked for (model.TAPS_BELOW_IN_BOUNDS), so its taps column is that fallback.
+when taps is asked for (kernels.TAPS_BELOW_IN_BOUNDS), so its taps column is that fallback.
 oneDNN is on unless TF_ENABLE_ONEDNN_OPTS=0, as in train.py; without it TensorFlow has no
 native dilated gradient, and that cell says "unsupported".
 The speed decides which kernel `auto` takes on which CPU (docs/performance.md). Prints JSON.
@@ -66,11 +66,11 @@ def forced_kernel(kernel: str | None) -> Iterator[None]:
     """DilatedConv2D layers traced inside take `kernel` ("winograd": Winograd's F(4x4, 3x3),
     else that dilated-conv kernel with Winograd off; None: the defaults, unset); the settings
     before are restored after."""
-    settings = {deeplab.DILATED_CONV_ENV: None, kernels.WINOGRAD_ENV: None}
+    settings = {kernels.DILATED_CONV_ENV: None, kernels.WINOGRAD_ENV: None}
     if kernel == "winograd":
         settings[kernels.WINOGRAD_ENV] = "on"
     elif kernel is not None:
-        settings.update({deeplab.DILATED_CONV_ENV: kernel, kernels.WINOGRAD_ENV: "off"})
+        settings.update({kernels.DILATED_CONV_ENV: kernel, kernels.WINOGRAD_ENV: "off"})
     before = {name: os.environ.get(name) for name in settings}
     try:
         for name, value in settings.items():
@@ -134,7 +134,7 @@ def main(args):
         side = args.size // 16 * scale
         shape = (args.batch_size, side, side, c_in)
         row = {"layer": name, "map": side, "in_bounds": round(
-            deeplab.in_bounds_fraction((side, side), (3, 3), (rate, rate)), 2),
+            kernels.in_bounds_fraction((side, side), (3, 3), (rate, rate)), 2),
             "winograd_multiplies": kernels.winograd_multiplies((side, side), (rate, rate)),
             "auto": auto_kernel(shape, filters, rate, args.precision)}
         for kernel in args.kernels:

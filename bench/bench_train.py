@@ -10,7 +10,7 @@ and batch. FLOPs are counted two ways (bench/flops.py): every kernel tap (the us
 `fraction_of_matmul_peak`) and only taps that read real input rather than "same" padding
 (`fraction_in_bounds`, the stricter figure: ASPP's wide rates mostly read padding).
 At `--kernel-sizes`, float32 training also runs with each dilated-conv kernel
-(model.dilated_conv_kernel: native, taps, portable, keras) with oneDNN on and off
+(kernels.dilated_conv_kernel: native, taps, portable, keras) with oneDNN on and off
 (TF_ENABLE_ONEDNN_OPTS=1/0), so one run shows both paths on the machine it runs on; a kernel
 TensorFlow cannot run there (native without oneDNN or a GPU) is reported as unsupported.
 The other configurations run as train.py does (oneDNN asked for on x86, kit/runtime.py).
@@ -41,6 +41,7 @@ import losses  # noqa: E402
 from kit import training  # noqa: E402
 import metrics  # noqa: E402
 import model as deeplab  # noqa: E402
+from kit import kernels  # noqa: E402
 from chapter_model import build_chapter_deeplabv3  # noqa: E402
 from flops import forward_flops  # noqa: E402
 
@@ -105,8 +106,8 @@ def measure(name: str, policy: str, size: int, batch: int, steps: int, xla: bool
     keras.mixed_precision.set_global_policy(policy)
     model = (deeplab.build_deeplabv3((size, size, 3), backbone_weights=None) if name == "deeplabv3"
              else build_chapter_deeplabv3((size, size, 3)))
-    kernel = deeplab.dilated_conv_kernel(policy.removeprefix("mixed_")) if name == "deeplabv3" else "keras"
-    ran = {"onednn": deeplab.onednn_enabled(), "dilated_conv": kernel}
+    kernel = kernels.dilated_conv_kernel(policy.removeprefix("mixed_")) if name == "deeplabv3" else "keras"
+    ran = {"onednn": kernels.onednn_enabled(), "dilated_conv": kernel}
     try:
         rate = train_rate(model, size, batch, steps, xla)
     except tf.errors.InvalidArgumentError as err:  # e.g. native dilated gradients without oneDNN
@@ -122,7 +123,7 @@ def _run(config: tuple, args, peaks: dict) -> dict:
     name, policy, size, xla, kernel, onednn = config
     env = dict(os.environ)
     if kernel:
-        env[deeplab.DILATED_CONV_ENV] = kernel
+        env[kernels.DILATED_CONV_ENV] = kernel
     if onednn:
         env[runtime.ONEDNN_ENV] = onednn
     done = subprocess.run([sys.executable, __file__, "--child", name, policy, str(size), "xla" if xla else "-",

@@ -18,15 +18,14 @@ def machine() -> dict:
     """What the numbers were measured on."""
     import tensorflow as tf
 
-    import model
-    from kit import runtime
+    from kit import kernels, runtime
 
     cpu = runtime.cpu_model()
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     # The CPU features decide TensorFlow's kernels: oneDNN is on by default only with
     # AVX-512-class ones, and bfloat16 is fast only with avx512_bf16 or AMX.
     return {"cpu": cpu, "arch": platform.machine(), "cpu_features": sorted(runtime.cpu_features()),
-            "cores": os.cpu_count(), "gpus": gpus, "tensorflow": tf.__version__, "onednn": model.onednn_enabled(),
+            "cores": os.cpu_count(), "gpus": gpus, "tensorflow": tf.__version__, "onednn": kernels.onednn_enabled(),
             "TF_ENABLE_ONEDNN_OPTS": os.environ.get(runtime.ONEDNN_ENV, "unset"), "python": platform.python_version()}
 
 

@@ -51,7 +51,7 @@ from kit import onboard
 from kit import runtime
 from kit.data import DataError
 from kit.errors import KitError
-from model import onednn_enabled
+from kit.kernels import onednn_enabled
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: chapter modules and kit/
 

@@ -76,7 +76,7 @@ def _conv(filters, rate=1, dtype="float32", kernel_size=3, strides=1):
 @pytest.fixture
 def auto(monkeypatch):
     monkeypatch.delenv(kernels.WINOGRAD_ENV, raising=False)
-    monkeypatch.delenv(deeplab.DILATED_CONV_ENV, raising=False)
+    monkeypatch.delenv(kernels.DILATED_CONV_ENV, raising=False)
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("auto leaves GPUs their own kernels")
     return monkeypatch
@@ -85,28 +85,28 @@ def auto(monkeypatch):
 def test_auto_takes_winograd_where_it_does_under_half_the_in_bounds_work(auto):
     conv5 = keras.KerasTensor((4, 24, 24, 512))
     aspp = keras.KerasTensor((4, 24, 24, 2048))
-    assert deeplab.winograd_applies(_conv(512, 2), conv5, True)   # 2.25 of 8.0 in-bounds multiplies
-    assert deeplab.winograd_applies(_conv(256, 6), aspp, True)    # 2.25 of 6.25
-    assert not deeplab.winograd_applies(_conv(256, 12), aspp, True)  # 9 of 4.0: taps do less
-    assert not deeplab.winograd_applies(_conv(512, 2), conv5, False)  # inference stays native
-    assert not deeplab.winograd_applies(_conv(64), keras.KerasTensor((4, 96, 96, 64)), True)  # few channels
-    assert not deeplab.winograd_applies(_conv(512, 2, "mixed_bfloat16"), conv5, True)  # float32 only
-    assert not deeplab.winograd_applies(_conv(512), keras.KerasTensor((4, None, None, 512)), True)
-    assert not deeplab.winograd_applies(_conv(512, kernel_size=1), conv5, True)
-    assert not deeplab.winograd_applies(_conv(512, strides=2), conv5, True)
-    assert not deeplab.winograd_applies(_conv(512, (1, 2)), conv5, True)  # winograd_conv3x3 takes one rate
-    auto.setenv(deeplab.DILATED_CONV_ENV, "keras")  # TensorFlow's stock kernels throughout
-    assert not deeplab.winograd_applies(_conv(512, 2), conv5, True)
+    assert kernels.winograd_applies(_conv(512, 2), conv5, True)   # 2.25 of 8.0 in-bounds multiplies
+    assert kernels.winograd_applies(_conv(256, 6), aspp, True)    # 2.25 of 6.25
+    assert not kernels.winograd_applies(_conv(256, 12), aspp, True)  # 9 of 4.0: taps do less
+    assert not kernels.winograd_applies(_conv(512, 2), conv5, False)  # inference stays native
+    assert not kernels.winograd_applies(_conv(64), keras.KerasTensor((4, 96, 96, 64)), True)  # few channels
+    assert not kernels.winograd_applies(_conv(512, 2, "mixed_bfloat16"), conv5, True)  # float32 only
+    assert not kernels.winograd_applies(_conv(512), keras.KerasTensor((4, None, None, 512)), True)
+    assert not kernels.winograd_applies(_conv(512, kernel_size=1), conv5, True)
+    assert not kernels.winograd_applies(_conv(512, strides=2), conv5, True)
+    assert not kernels.winograd_applies(_conv(512, (1, 2)), conv5, True)  # winograd_conv3x3 takes one rate
+    auto.setenv(kernels.DILATED_CONV_ENV, "keras")  # TensorFlow's stock kernels throughout
+    assert not kernels.winograd_applies(_conv(512, 2), conv5, True)
 
 
 def test_the_setting_forces_it_on_or_off(auto):
     small = keras.KerasTensor((4, 96, 96, 64))
     auto.setenv(kernels.WINOGRAD_ENV, "on")
-    assert deeplab.winograd_applies(_conv(64), small, True)
-    assert not deeplab.winograd_applies(_conv(64, dtype="mixed_bfloat16"), small, True)  # still float32 only
+    assert kernels.winograd_applies(_conv(64), small, True)
+    assert not kernels.winograd_applies(_conv(64, dtype="mixed_bfloat16"), small, True)  # still float32 only
     assert "on" in kernels.winograd_setting("float32")
     auto.setenv(kernels.WINOGRAD_ENV, "off")
-    assert not deeplab.winograd_applies(_conv(512, 2), keras.KerasTensor((4, 24, 24, 512)), True)
+    assert not kernels.winograd_applies(_conv(512, 2), keras.KerasTensor((4, 24, 24, 512)), True)
     assert "off" in kernels.winograd_setting("float32")
     auto.setenv(kernels.WINOGRAD_ENV, "fast")
     with pytest.raises(ValueError, match="DEEPLAB_WINOGRAD='fast'"):
@@ -120,22 +120,22 @@ def test_a_step_compiled_whole_by_xla_keeps_the_direct_conv(auto):
 
     @tf.function(jit_compile=True)
     def step(x):
-        seen.append(deeplab.winograd_applies(layer, x, True))
+        seen.append(kernels.winograd_applies(layer, x, True))
         return x
 
     step(tf.zeros((1, 24, 24, 512)))
     assert seen == [False]
-    assert deeplab.winograd_applies(layer, keras.KerasTensor((1, 24, 24, 512)), True)
+    assert kernels.winograd_applies(layer, keras.KerasTensor((1, 24, 24, 512)), True)
 
 
 def test_forcing_it_without_xla_is_an_error(auto):
     auto.setattr(kernels, "xla_compiles", lambda: False)
     conv5 = keras.KerasTensor((4, 24, 24, 512))
-    assert not deeplab.winograd_applies(_conv(512, 2), conv5, True)  # auto: the direct conv
+    assert not kernels.winograd_applies(_conv(512, 2), conv5, True)  # auto: the direct conv
     assert "no XLA" in kernels.winograd_setting("float32")
     auto.setenv(kernels.WINOGRAD_ENV, "on")
     with pytest.raises(RuntimeError, match="XLA"):
-        deeplab.winograd_applies(_conv(512, 2), conv5, True)
+        kernels.winograd_applies(_conv(512, 2), conv5, True)
 
 
 def test_a_layer_trains_by_winograd_with_conv2d_outputs_and_gradients(auto):
@@ -206,11 +206,10 @@ def test_the_demos_mobilenet_takes_no_winograd(auto):
 def test_kernel_for_names_the_kernel_a_training_call_runs(auto, filters, rate, forced, expected):
     """What bench_dilated reports as `auto` is what a training step runs (one choice, not two)."""
     if forced:
-        auto.setenv(deeplab.DILATED_CONV_ENV, forced)
+        auto.setenv(kernels.DILATED_CONV_ENV, forced)
     ran = []
-    for module, name in [(kernels, "winograd_conv3x3"), (deeplab, "tap_dilated_conv2d"),
-                         (deeplab, "portable_dilated_conv2d")]:
-        auto.setattr(module, name, lambda *a, _f=getattr(module, name), _n=name, **k: ran.append(_n) or _f(*a, **k))
+    for name in ["winograd_conv3x3", "tap_dilated_conv2d", "portable_dilated_conv2d"]:
+        auto.setattr(kernels, name, lambda *a, _f=getattr(kernels, name), _n=name, **k: ran.append(_n) or _f(*a, **k))
     layer = _conv(filters, rate)
     x = tf.zeros((1, 8, 8, filters))
     layer.build(x.shape)

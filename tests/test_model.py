@@ -5,6 +5,7 @@ import tensorflow as tf
 import keras
 
 import model as deeplab
+from kit import kernels
 from kit.voc import NUM_CLASSES
 
 
@@ -207,12 +208,12 @@ def test_dilated_conv_matches_keras_conv_with_gradients(monkeypatch, kernel, rat
     traced step as in training, with the map's size known when traced (as in a model built for
     one input size; taps then trains every case here) or not; (6, 4x5) has taps that read
     only padding."""
-    if kernel == "native" and not deeplab.native_dilated_gradients():
+    if kernel == "native" and not kernels.native_dilated_gradients():
         pytest.skip("no GPU and no oneDNN here: TensorFlow has no native dilated-conv gradient")
-    monkeypatch.setenv(deeplab.DILATED_CONV_ENV, kernel)
-    assert deeplab.dilated_conv_kernel() == kernel
-    tapped, original = [], deeplab.tap_dilated_conv2d
-    monkeypatch.setattr(deeplab, "tap_dilated_conv2d", lambda *a, **k: tapped.append(1) or original(*a, **k))
+    monkeypatch.setenv(kernels.DILATED_CONV_ENV, kernel)
+    assert kernels.dilated_conv_kernel() == kernel
+    tapped, original = [], kernels.tap_dilated_conv2d
+    monkeypatch.setattr(kernels, "tap_dilated_conv2d", lambda *a, **k: tapped.append(1) or original(*a, **k))
     rng = np.random.default_rng(rate)
     x = tf.constant(rng.normal(size=shape).astype("float32"))
     plain = keras.layers.Conv2D(4, 3, padding="same", dilation_rate=rate)
@@ -251,7 +252,7 @@ def test_taps_conv_handles_sizes_unknown_when_traced():
         def step(x):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                y = deeplab.tap_dilated_conv2d(x, kernel, (rate, rate), native_input_gradient=False)
+                y = kernels.tap_dilated_conv2d(x, kernel, (rate, rate), native_input_gradient=False)
                 loss = tf.reduce_sum(y ** 2)
             return y, tape.gradient(loss, x)
 
@@ -267,9 +268,9 @@ def test_taps_conv_handles_sizes_unknown_when_traced():
 
 
 def test_in_bounds_fraction_of_aspp_and_conv5():
-    assert [round(deeplab.in_bounds_fraction((24, 24), (3, 3), (r, r)), 3) for r in (2, 6, 12, 18)] == \
+    assert [round(kernels.in_bounds_fraction((24, 24), (3, 3), (r, r)), 3) for r in (2, 6, 12, 18)] == \
         [0.892, 0.694, 0.444, 0.25]
-    assert deeplab.in_bounds_fraction((None, 24), (3, 3), (6, 6)) is None
+    assert kernels.in_bounds_fraction((None, 24), (3, 3), (6, 6)) is None
 
 
 def _training_step_outputs(layer, x):
@@ -288,7 +289,7 @@ def _training_step_outputs(layer, x):
 def test_pointwise_conv_trains_by_matmul_in_bfloat16_with_conv2d_gradients(monkeypatch):
     """A 1x1 conv with enough channels, in a mixed-bfloat16 training step, takes the matmul
     kernel gradient and gives Conv2D's output and gradients (to bfloat16 rounding)."""
-    monkeypatch.delenv(deeplab.DILATED_CONV_ENV, raising=False)
+    monkeypatch.delenv(kernels.DILATED_CONV_ENV, raising=False)
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("the matmul kernel gradient is for CPUs")
     rng = np.random.default_rng(0)
@@ -298,10 +299,10 @@ def test_pointwise_conv_trains_by_matmul_in_bfloat16_with_conv2d_gradients(monke
     for layer in (plain, pointwise):
         layer.build(x.shape)
     plain.set_weights(pointwise.get_weights())
-    assert deeplab.matmul_gradient_applies(pointwise, True)
-    assert not deeplab.matmul_gradient_applies(pointwise, False)  # inference is Conv2D's
-    used, original = [], deeplab.matmul_gradient_conv1x1
-    monkeypatch.setattr(deeplab, "matmul_gradient_conv1x1", lambda *a: used.append(1) or original(*a))
+    assert kernels.matmul_gradient_applies(pointwise, True)
+    assert not kernels.matmul_gradient_applies(pointwise, False)  # inference is Conv2D's
+    used, original = [], kernels.matmul_gradient_conv1x1
+    monkeypatch.setattr(kernels, "matmul_gradient_conv1x1", lambda *a: used.append(1) or original(*a))
     results = [_training_step_outputs(layer, x) for layer in (plain, pointwise)]
     assert used, "the bfloat16 training step did not take the matmul kernel gradient"
     for a, b in zip(*results):
@@ -314,7 +315,7 @@ def test_pointwise_conv_trains_by_matmul_in_bfloat16_with_conv2d_gradients(monke
 def test_training_bias_gradient_by_matvec_matches_conv2d(monkeypatch, policy, cls, kernel, strides):
     """Our conv classes, in a training step on a CPU, add the bias through add_bias_matvec and
     give Keras Conv2D's output and gradients (to bfloat16 rounding in mixed precision)."""
-    monkeypatch.delenv(deeplab.DILATED_CONV_ENV, raising=False)
+    monkeypatch.delenv(kernels.DILATED_CONV_ENV, raising=False)
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("the matvec bias gradient is for CPUs")
     rng = np.random.default_rng(1)
@@ -325,8 +326,8 @@ def test_training_bias_gradient_by_matvec_matches_conv2d(monkeypatch, policy, cl
         layer.build(x.shape)
     ours.set_weights([w + 0.1 * rng.normal(size=w.shape).astype("float32") for w in plain.get_weights()])
     plain.set_weights(ours.get_weights())  # a non-zero bias, the same in both
-    used, original = [], deeplab.add_bias_matvec
-    monkeypatch.setattr(deeplab, "add_bias_matvec", lambda *a: used.append(1) or original(*a))
+    used, original = [], kernels.add_bias_matvec
+    monkeypatch.setattr(kernels, "add_bias_matvec", lambda *a: used.append(1) or original(*a))
     results = [_training_step_outputs(layer, x) for layer in (plain, ours)]
     assert used, f"the {cls} training step did not add its bias through add_bias_matvec"
     tol = 1e-4 if policy == "float32" else 0.05
@@ -338,15 +339,15 @@ def test_training_bias_gradient_by_matvec_matches_conv2d(monkeypatch, policy, cl
 
 
 def test_unfused_bias_gradient_follows_the_stock_kernel_setting(monkeypatch):
-    monkeypatch.setenv(deeplab.DILATED_CONV_ENV, "keras")
-    assert not deeplab.bias_gradient_by_matvec(True)
-    monkeypatch.delenv(deeplab.DILATED_CONV_ENV)
-    assert deeplab.bias_gradient_by_matvec(True) == (not tf.config.list_physical_devices("GPU"))
-    assert not deeplab.bias_gradient_by_matvec(False)
+    monkeypatch.setenv(kernels.DILATED_CONV_ENV, "keras")
+    assert not kernels.bias_gradient_by_matvec(True)
+    monkeypatch.delenv(kernels.DILATED_CONV_ENV)
+    assert kernels.bias_gradient_by_matvec(True) == (not tf.config.list_physical_devices("GPU"))
+    assert not kernels.bias_gradient_by_matvec(False)
 
 
 def test_resnet_1x1_convs_are_pointwise_and_a_training_call_reaches_them(monkeypatch):
-    monkeypatch.delenv(deeplab.DILATED_CONV_ENV, raising=False)
+    monkeypatch.delenv(kernels.DILATED_CONV_ENV, raising=False)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         model = deeplab.build_deeplabv3((64, 64, 3), backbone_weights=None, aspp_filters=32)
@@ -360,8 +361,8 @@ def test_resnet_1x1_convs_are_pointwise_and_a_training_call_reaches_them(monkeyp
                for name in ("conv1_conv", "conv3_block1_0_conv", "conv2_block1_2_conv", "conv5_block1_2_conv"))
     # The re-classed keras.applications layers get `training` in a model's training call.
     seen = []
-    original = deeplab.matmul_gradient_applies
-    monkeypatch.setattr(deeplab, "matmul_gradient_applies",
+    original = kernels.matmul_gradient_applies
+    monkeypatch.setattr(kernels, "matmul_gradient_applies",
                         lambda layer, training: seen.append((layer.name, training)) or original(layer, training))
     model(np.zeros((2, 64, 64, 3), "float32"), training=True)
     assert ("conv4_block2_1_conv", True) in seen and ("conv5_block1_0_conv", True) in seen
@@ -381,9 +382,9 @@ def test_a_model_with_pointwise_convs_reloads_with_safe_mode(tmp_path):
 
 
 def test_unknown_dilated_kernel_setting_is_an_error(monkeypatch):
-    monkeypatch.setenv(deeplab.DILATED_CONV_ENV, "fast")
+    monkeypatch.setenv(kernels.DILATED_CONV_ENV, "fast")
     with pytest.raises(ValueError, match="fast"):
-        deeplab.dilated_conv_kernel()
+        kernels.dilated_conv_kernel()
 
 
 def test_every_dilated_conv_takes_the_native_kernel(models):

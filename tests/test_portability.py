@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 import download_data
-import model as deeplab
-from kit import inference
+from kit import inference, kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +23,8 @@ CHILD = """
 import json, sys
 import numpy as np
 sys.path.insert(0, {root!r})
-import keras, evaluate, export, model, train
+import keras, evaluate, export, train
+from kit import kernels
 run_dir, data_dir, out = {run_dir!r}, {data_dir!r}, {out!r}
 train.main(train.parse_args(["--dataset", "synthetic", "--data-dir", data_dir, "--run-dir", run_dir,
     "--num-train", "12", "--num-val", "8", "--input-size", "64", "--resize-before-crop", "80", "--batch-size", "4",
@@ -36,7 +36,7 @@ parity = export.main(export.parse_args(["--run-dir", run_dir, "--out-dir", out +
 loaded = keras.models.load_model(run_dir + "/best.keras", safe_mode=True)
 x = np.random.default_rng(0).uniform(0, 255, (1, 64, 80, 3)).astype("float32")
 np.save(out + "/logits.npy", np.asarray(loaded(x, training=False)))
-print(json.dumps({{"onednn": model.onednn_enabled(), "kernel": model.dilated_conv_kernel(),
+print(json.dumps({{"onednn": kernels.onednn_enabled(), "kernel": kernels.dilated_conv_kernel(),
                   "mean_iou": report["mean_iou"], "savedmodel_agreement": parity["argmax_agreement"]["savedmodel"]}}))
 """
 
@@ -53,7 +53,7 @@ def test_train_evaluate_export_without_onednn_and_the_model_loads_here(data_dir,
     out.mkdir()
     code = CHILD.format(root=str(ROOT), run_dir=str(run_dir), data_dir=str(data_dir), out=str(out))
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop(deeplab.DILATED_CONV_ENV, None)
+    env.pop(kernels.DILATED_CONV_ENV, None)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
