@@ -68,7 +68,7 @@ def main(args) -> dict:
     saved = config.load_run_config(run_dir)
     tree = data.tree_from_config(saved, args.data_dir)
     classes = tree.classes
-    model_path = Path(args.model or run_dir / "best.keras")
+    model_path = Path(args.model or run_dir / config.RUN_BEST_MODEL)
     out = Path(args.out_dir or run_dir)
     options = config.resolve(args, config.INFERENCE)
     input_size = args.input_size or saved.get("input_size", config.TRAIN["input_size"].default)

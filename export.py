@@ -71,7 +71,7 @@ def parse_args(argv=None):
 
 def main(args) -> dict:
     run_dir = Path(args.run_dir)
-    model_path = Path(args.model or run_dir / "best.keras")
+    model_path = Path(args.model or run_dir / config.RUN_BEST_MODEL)
     out = Path(args.out_dir or model_path.parent / "export")
     formats = [f for f in deploy.resolve_formats(args.formats) if f != "keras"]
     if args.int8_io and "tflite_full_int8" not in formats:

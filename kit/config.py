@@ -26,8 +26,10 @@ from kit import synthetic
 from kit.errors import ConfigError  # noqa: F401  (config.ConfigError is how the scripts name it)
 
 RUN_CONFIG = "config.json"
-# The run directory's other files that more than one script reads: train.py's per-epoch log and
-# evaluate.py's scores (compare.py reads both), and the log column that picks best.keras.
+# The run directory's other files that more than one script reads: the model evaluate.py and
+# export.py take by default, train.py's per-epoch log and evaluate.py's scores (compare.py reads
+# both), and the log column that picks the best model.
+RUN_BEST_MODEL = "best.keras"
 RUN_LOG = "log.csv"
 RUN_METRICS = "metrics.json"
 MONITOR = "val_mean_iou"

@@ -46,7 +46,7 @@ class RunError(KitError):
 
 
 # Everything train.py, evaluate.py and export.py write into a run directory: what --fresh removes.
-RUN_FILES = (config.RUN_CONFIG, config.RUN_LOG, "best.keras", STATE_DIR, "tensorboard", config.RUN_METRICS,
+RUN_FILES = (config.RUN_CONFIG, config.RUN_LOG, config.RUN_BEST_MODEL, STATE_DIR, "tensorboard", config.RUN_METRICS,
              "per_class_iou.md", "confusion_matrix.png", "predictions.png", "navigation.png", "training_curves.png",
              "export")
 LOCK_FILE = ".lock"
@@ -451,7 +451,7 @@ class RunState(keras.callbacks.Callback):
 
     @property
     def best_path(self) -> Path:
-        return self.run_dir / "best.keras"
+        return self.run_dir / config.RUN_BEST_MODEL
 
     def load(self) -> dict | None:
         """The saved state of an interrupted run in this directory, or None for a new run.
