@@ -20,6 +20,7 @@ from keras import layers, ops
 from kit import kernels
 from kit.voc import NUM_CLASSES
 
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)  # the "caffe" preprocessing's channel means; pipeline pads with it
 BN_EPSILON = 1.001e-5  # keras.applications.ResNet50's, so pretrained statistics carry over
 # (output stride) -> dilation of the conv4 and conv5 stages, and the ASPP rates.
 ATROUS = {16: {"conv4": 1, "conv5": 2, "aspp": (6, 12, 18)},
@@ -36,8 +37,6 @@ class ImagenetPreprocessing(layers.Layer):
     mode "tf" (MobileNetV2): scaled to [-1, 1].
     """
 
-    BGR_MEAN = (103.939, 116.779, 123.68)
-
     def __init__(self, mode: str = "caffe", **kwargs):
         super().__init__(**kwargs)
         if mode not in ("caffe", "tf"):
@@ -48,7 +47,7 @@ class ImagenetPreprocessing(layers.Layer):
         if self.mode == "tf":
             return images / 127.5 - 1.0
         bgr = ops.flip(images, axis=-1)
-        return bgr - ops.convert_to_tensor(self.BGR_MEAN, dtype=bgr.dtype)
+        return bgr - ops.convert_to_tensor(IMAGENET_MEAN_RGB[::-1], dtype=bgr.dtype)
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
