@@ -50,6 +50,7 @@ from tqdm import tqdm
 from kit import atomic
 from kit import cli
 from kit import config
+from kit import data
 from kit import ground
 from kit import navigation
 from kit import onboard
@@ -57,7 +58,6 @@ from kit import runtime
 from kit import video
 from kit.data import ClassTable, DataError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 NAVIGATION_LOG = "navigation.jsonl"  # images' headings, one JSON object per image
 
 
@@ -135,9 +135,9 @@ def collect(inputs: list[str]) -> list[Path]:
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = data.image_files(item)
             if not found:
-                raise DataError(f"{item} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise DataError(f"{item} holds no images ({', '.join(data.IMAGE_SUFFIXES)})")
             files += found
         else:
             files.append(item)  # a missing file is reported when it is read

@@ -54,7 +54,7 @@ VOC_LAYOUTS = (Path("."), Path("VOC2012"), Path("VOCdevkit") / "VOC2012",
 # SPLIT_SEED); full-val is all of it, the protocol published VOC numbers use.
 SUBSETS = ("train", "trainaug", "val", "test", "full-val")
 SPLIT_SEED = 2012
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # what PIL reads
 # labelmap entries with these names mark pixels to ignore (255), not a class.
 IGNORE_NAMES = frozenset({"ignore", "void", "unlabeled", "unlabelled", "dontcare"})
 DEFAULT_VAL_FRACTION = 0.2
@@ -716,7 +716,7 @@ def classes_from_json_file(path: str | Path) -> ClassTable:
 Pairs = dict[str, tuple[Path, Path]]  # id -> (image, mask where it is or should be)
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Image files (IMAGE_SUFFIXES) directly in `folder`, sorted by name; DataError if unlistable."""
     try:
         with os.scandir(folder) as entries:
@@ -734,7 +734,7 @@ def _images_by_stem(folder: Path, skip_suffix: str | None = None) -> dict[str, P
     folder would be one id, and one of the two would be dropped unseen: a DataError naming both.
     """
     found: dict[str, Path] = {}
-    for image in _image_files(folder):
+    for image in image_files(folder):
         if skip_suffix and image.name.endswith(skip_suffix):
             continue
         if image.stem in found:
@@ -824,7 +824,7 @@ class Labelme(Layout):
 
     def scan(self, root: Path) -> dict[str, Pairs]:
         pairs: Pairs = {}
-        for image in _image_files(root / IMAGES_DIR):
+        for image in image_files(root / IMAGES_DIR):
             if image.stem in pairs and image.suffix.lower() != ".jpg":
                 continue  # labelme2voc writes .jpg; another file of the same name is not its
             masks = [root / folder / f"{image.stem}{suffix}" for folder, suffix in self.MASKS]
@@ -978,7 +978,7 @@ class Generic(Layout):
         images, masks = folders
         if (images / "train").is_dir():
             return (masks / "train").is_dir()
-        return bool(_image_files(images))
+        return bool(image_files(images))
 
     def classes(self, root: Path) -> ClassTable:
         """classes.txt (a name per line), or dataset_meta.json ({"classes": [...], "palette": [[r, g, b], ...]})."""

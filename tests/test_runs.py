@@ -215,6 +215,15 @@ def test_predict_faults(finished_run, tmp_path):
         inference.load_model(junk)
 
 
+def test_predict_takes_the_images_the_data_reader_lists_from_a_folder(tmp_path):
+    """One list of image suffixes (kit.data.IMAGE_SUFFIXES) for data sets and predict.py's folders."""
+    for name in ("b.GIF", "a.png", "c.JPEG"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name, format=Path(name).suffix[1:].upper())
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "sub.png").mkdir()  # a folder named like an image
+    assert [p.name for p in predict.collect([str(tmp_path)])] == ["a.png", "b.GIF", "c.JPEG"]
+
+
 @pytest.mark.parametrize("size", ["0", "-5", "7"])
 def test_export_sizes_must_be_positive_multiples_of_the_output_stride(finished_run, size):
     with pytest.raises(config.ConfigError, match="multiple of the model's output stride 16"):
