@@ -228,6 +228,13 @@ def resolve(args, settings: dict[str, Setting], presets: tuple[str, ...] = (), s
     return resolved
 
 
+def check_warmup(schedule: str | None, warmup_steps: int | None) -> None:
+    """ConfigError for a warm-up on the plateau schedule (kit.training.learning_rate asks too)."""
+    if warmup_steps and schedule == "plateau":
+        raise ConfigError("--warmup-steps needs --schedule poly, cosine or constant (plateau changes the rate "
+                          "between epochs)")
+
+
 def check(settings: dict) -> None:
     """ConfigError for values that cannot work, naming the flag."""
     if settings.get("val_fraction") is not None and not 0.0 < settings["val_fraction"] < 1.0:
@@ -239,9 +246,7 @@ def check(settings: dict) -> None:
     scale = settings.get("scale_range")
     if scale is not None and not 0.0 < scale[0] <= scale[1]:
         raise ConfigError(f"--scale-range needs 0 < LO <= HI, got {scale}")
-    if settings.get("warmup_steps") and settings.get("schedule") == "plateau":
-        raise ConfigError("--warmup-steps needs --schedule poly, cosine or constant (plateau changes the rate "
-                          "between epochs)")
+    check_warmup(settings.get("schedule"), settings.get("warmup_steps"))
     if settings.get("aux_loss") and settings.get("backbone") != "resnet50":
         raise ConfigError("--aux-loss needs --backbone resnet50: the auxiliary head reads ResNet-50's conv4")
     if settings.get("xla") and settings.get("strategy") == "multiworker":

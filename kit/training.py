@@ -317,10 +317,8 @@ def make_optimizer(name: str, learning_rate, momentum: float = 0.9, weight_decay
 
 def learning_rate(schedule: str, base_lr: float, total_steps: int, power: float = 0.9, warmup_steps: int = 0):
     """A float for "plateau" (ReduceLROnPlateau changes it between epochs), else a WarmupDecay."""
+    config.check_warmup(schedule, warmup_steps)
     if schedule == "plateau":
-        if warmup_steps:
-            raise ValueError("--warmup-steps needs --schedule poly, cosine or constant (plateau changes the rate "
-                             "between epochs)")
         return float(base_lr)
     return WarmupDecay(base_lr, total_steps, schedule, power, warmup_steps)
 
