@@ -35,7 +35,7 @@ import losses  # noqa: E402
 import metrics  # noqa: E402
 import pipeline  # noqa: E402
 from kit import training  # noqa: E402
-from kit.kernels import dilated_conv_kernel, onednn_enabled, winograd_setting  # noqa: E402
+from kit import kernels  # noqa: E402
 from model import build_deeplabv3, inference_model, training_model  # noqa: E402
 
 
@@ -165,6 +165,7 @@ def check_same_run(run_dir: Path, saved: dict, settings: dict) -> None:
 
 def main(args) -> dict:
     settings = resolve_config(args)
+    kernels.check_settings()
     run_dir = Path(settings["run_dir"])
     print("configuration:\n" + json.dumps(settings, indent=2), flush=True)
     # First: a multi-worker strategy must configure collective ops before TensorFlow lists devices.
@@ -174,8 +175,8 @@ def main(args) -> dict:
     policy = training.set_precision(settings["mixed_precision"])
     compute = policy.removeprefix("mixed_")
     print(f"strategy {type(strategy).__name__} over {strategy.num_replicas_in_sync} replica(s), precision {policy}, "
-          f"CPU kernels {'oneDNN' if onednn_enabled() else 'Eigen (oneDNN off)'}, "
-          f"dilated convs {dilated_conv_kernel(compute)}, 3x3 convs {winograd_setting(compute)}")
+          f"CPU kernels {'oneDNN' if kernels.onednn_enabled() else 'Eigen (oneDNN off)'}, "
+          f"dilated convs {kernels.dilated_conv_kernel(compute)}, 3x3 convs {kernels.winograd_setting(compute)}")
     if policy == "mixed_bfloat16" and not runtime.has_bfloat16():
         print("warning: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), so mixed bfloat16 is "
               "emulated: it trained 5.5x slower than float32 on an AVX2 CPU. Drop --mixed-precision here.")

@@ -24,6 +24,7 @@ import tensorflow as tf
 import losses  # noqa: F401
 import metrics  # noqa: F401
 import model as _model  # noqa: F401
+from kit import kernels
 from kit import navigation
 from kit import onboard
 # Re-exported: the names evaluate.py, export.py and the tests have always used from here.
@@ -65,6 +66,7 @@ def load_model(path: str | Path):
         loader = lambda p: keras.models.load_model(p, compile=False, safe_mode=True)  # noqa: E731
     else:
         raise ModelFileError(f"{path}: expected a .keras, .tflite or .onnx file, or a SavedModel folder")
+    kernels.check_settings()  # before the model runs in a traced step (evaluate.py, predict.py, export.py)
     try:
         return loader(path)
     except Exception as err:  # a truncated, foreign or corrupt file: Keras raises many types

@@ -83,6 +83,16 @@ def winograd_choice() -> str:
     return choice
 
 
+def check_settings() -> None:
+    """A ConfigError now for a bad DEEPLAB_DILATED_CONV or DEEPLAB_WINOGRAD value.
+
+    The layers read both when a step is traced, and TensorFlow re-raises an error from inside a
+    traced function wrapped in its own type (StagingError), which entry points cannot tell from
+    a bug; so whatever builds, loads or runs a model asks here first (train.py, load_model)."""
+    dilated_conv_choice()
+    winograd_choice()
+
+
 @functools.cache
 def xla_compiles() -> bool:
     """Whether this TensorFlow build can JIT-compile a function with XLA on the CPU (the
@@ -141,13 +151,12 @@ def winograd_applies(layer, inputs, training: bool) -> bool:
     """Whether a training step computes Conv2D `layer` on `inputs` by `winograd_conv3x3`.
 
     It can for a float32 channels-last 3x3 conv with stride 1, "same" padding and one
-    dilation rate for both axes on a map of
-    known size, where XLA compiles, in a step that XLA does not compile as a whole (`train.py
-    --xla`: XLA then plans the convs itself, and it spent minutes constant-folding the
-    transforms of a forced rate-12 conv on a 4x4 map). "auto" then takes it on a CPU, with at least
-    WINOGRAD_MIN_CHANNELS in and out, where it does at most WINOGRAD_MAX_SHARE of the
-    multiplications of the taps that read inside the map (`in_bounds`, the fraction of taps
-    that do; None when unknown). "on" takes it wherever it can (tests, benchmarks); "off" never,
+    dilation rate for both axes on a map of known size, where XLA compiles, in a step that XLA
+    does not compile as a whole (`train.py --xla`: XLA then plans the convs itself, and it spent
+    minutes constant-folding the transforms of a forced rate-12 conv on a 4x4 map). "auto" then
+    takes it on a CPU, with at least WINOGRAD_MIN_CHANNELS in and out, where it does at most
+    WINOGRAD_MAX_SHARE of the multiplications of the taps that read inside the map
+    (`in_bounds_fraction` of them). "on" takes it wherever it can (tests, benchmarks); "off" never,
     and neither does DILATED_CONV_ENV=keras (TensorFlow's stock kernels throughout).
     """
     choice = winograd_choice()

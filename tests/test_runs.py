@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from kit import cli
 from kit import config
 from kit import data
 import evaluate
@@ -228,6 +229,29 @@ def test_predict_takes_the_images_the_data_reader_lists_from_a_folder(tmp_path):
 def test_export_sizes_must_be_positive_multiples_of_the_output_stride(finished_run, size):
     with pytest.raises(config.ConfigError, match="multiple of the model's output stride 16"):
         export.main(export.parse_args(["--run-dir", str(finished_run), "--size", size]))
+
+
+@pytest.mark.parametrize("variable", ["DEEPLAB_DILATED_CONV", "DEEPLAB_WINOGRAD"])
+def test_a_bad_kernel_setting_stops_evaluate_predict_and_export_with_one_error_line(
+        finished_run, tmp_path, monkeypatch, capsys, variable):
+    """The layers read these settings inside traced steps, where TensorFlow would wrap the error
+    in its own type; loading the model checks them first (train.py: tests/test_faults.py)."""
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (90, 120, 60)).save(image)
+    monkeypatch.setenv(variable, "fast")
+    before = _snapshot(finished_run)
+    for module, argv in [(evaluate, ["--run-dir", str(finished_run), "--out-dir", str(tmp_path / "ev")]),
+                         (predict, ["--model", str(finished_run / config.RUN_BEST_MODEL), str(image),
+                                    "--out", str(tmp_path / "pred")]),
+                         (export, ["--run-dir", str(finished_run), "--formats", "savedmodel",
+                                   "--out-dir", str(tmp_path / "exp")])]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run(module.main, module.parse_args, argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and "Traceback" not in err, (module.__name__, err)
+        assert err.startswith(f"error: {variable}='fast': expected one of ("), (module.__name__, err)
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "photo.png"]
+    assert _snapshot(finished_run) == before
 
 
 def test_entry_points_end_expected_failures_with_one_error_line(tmp_path):
