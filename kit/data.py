@@ -54,7 +54,7 @@ VOC_LAYOUTS = (Path("."), Path("VOC2012"), Path("VOCdevkit") / "VOC2012",
 # SPLIT_SEED); full-val is all of it, the protocol published VOC numbers use.
 SUBSETS = ("train", "trainaug", "val", "test", "full-val")
 SPLIT_SEED = 2012
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # what PIL reads
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # labelmap entries with these names mark pixels to ignore (255), not a class.
 IGNORE_NAMES = frozenset({"ignore", "void", "unlabeled", "unlabelled", "dontcare"})
 DEFAULT_VAL_FRACTION = 0.2

@@ -217,12 +217,13 @@ def test_predict_faults(finished_run, tmp_path):
 
 
 def test_predict_takes_the_images_the_data_reader_lists_from_a_folder(tmp_path):
-    """One list of image suffixes (kit.data.IMAGE_SUFFIXES) for data sets and predict.py's folders."""
-    for name in ("b.GIF", "a.png", "c.JPEG"):
-        Image.new("RGB", (8, 8)).save(tmp_path / name, format=Path(name).suffix[1:].upper())
+    """One list of image suffixes (kit.data.IMAGE_SUFFIXES) for data sets and predict.py's folders;
+    a GIF is not in it (a data set's preview GIF beside its JPEG would be read as a duplicate)."""
+    for name in ("b.PNG", "a.jpg", "c.JPEG", "d.gif"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name, format={"jpg": "JPEG"}.get(name[2:], name[2:].upper()))
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "sub.png").mkdir()  # a folder named like an image
-    assert [p.name for p in predict.collect([str(tmp_path)])] == ["a.png", "b.GIF", "c.JPEG"]
+    assert [p.name for p in predict.collect([str(tmp_path)])] == ["a.jpg", "b.PNG", "c.JPEG"]
 
 
 @pytest.mark.parametrize("size", ["0", "-5", "7"])
