@@ -18,9 +18,9 @@ import tensorflow as tf
 from keras import layers, ops
 
 from kit import kernels
+from kit.datasets import IMAGENET_MEAN_RGB
 from kit.voc import NUM_CLASSES
 
-IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)  # the "caffe" preprocessing's channel means; pipeline pads with it
 BN_EPSILON = 1.001e-5  # keras.applications.ResNet50's, so pretrained statistics carry over
 # (output stride) -> dilation of the conv4 and conv5 stages, and the ASPP rates.
 ATROUS = {16: {"conv4": 1, "conv5": 2, "aspp": (6, 12, 18)},

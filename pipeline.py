@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from kit import data
 from kit.data import ClassTable, DataError
+from kit.datasets import IMAGENET_MEAN_RGB
 from kit.voc import IGNORE_LABEL
-from model import IMAGENET_MEAN_RGB
 
 IMAGE_RANGE = (0.0, 255.0)  # float32 RGB; documented once, used everywhere
 MEAN_RGB = IMAGENET_MEAN_RGB  # the padding colour: 0 after ResNet-50's preprocessing

@@ -2,10 +2,17 @@
 
 The one home for ADE20K's, Cityscapes' and CamVid's classes, as kit/voc.py is for VOC's;
 kit/data.py builds each format's class table from these. Each table names its source.
+Also ImageNet's mean colour, which pretrained backbones subtract (model.py) and crops are
+padded with (pipeline.py).
 """
 from __future__ import annotations
 
 from kit.voc import IGNORE_LABEL
+
+# --- ImageNet ----------------------------------------------------------------------------------
+# The per-channel means of its training images, RGB in [0, 255], as keras.applications'
+# "caffe" preprocessing (ResNet-50) subtracts them.
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 
 # --- ADE20K SceneParsing (CSAILVision/sceneparsing objectInfo150.txt) ---------------------------
 # Class k is mask value k + 1; value 0 ("other objects") is not scored (mmsegmentation's
