@@ -42,7 +42,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -54,6 +53,7 @@ from kit import data
 from kit import ground
 from kit import navigation
 from kit import onboard
+from kit import overlay
 from kit import runtime
 from kit import video
 from kit.data import ClassTable, DataError
@@ -203,18 +203,6 @@ def check_outputs(inputs: list[str], files: list[Path], out: Path) -> list[str]:
     return names
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, classes: ClassTable, alpha: float) -> np.ndarray:
-    """Blend class colours over the image wherever a class other than class 0 is predicted."""
-    if image.dtype != np.uint8:  # read_image gives float32 in [0, 255]
-        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    # A saturating uint8 blend and a masked copy (OpenCV) rather than float arithmetic and
-    # np.where: this runs on the video writer's thread, where it competes with the model.
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)  # (H, W)
-    blended = cv2.addWeighted(np.ascontiguousarray(image), 1.0 - alpha, classes.colourize(mask), alpha, 0.0)
-    cv2.copyTo(image, (mask == 0).view(np.uint8), blended)  # class 0 keeps the image's own pixels
-    return blended
-
-
 def predict_files(predictor: onboard.Predictor, files: list[Path], out: Path, classes: ClassTable | None = None,
                   alpha: float = 0.5, nav: video.NavigationSpec | None = None) -> tuple[list[Path], list[Path]]:
     """Segment each file, writing its mask and overlay to `out`; returns (written masks, failed inputs).
@@ -238,7 +226,7 @@ def predict_files(predictor: onboard.Predictor, files: list[Path], out: Path, cl
             continue
         if nav is None:
             mask = predictor.masks(image[None])[0]  # (H, W) at the image's own size
-            picture = overlay(image, mask, classes, alpha)
+            picture = overlay.blend(image, mask, classes, alpha)
         else:
             # (h, w, C), scaled down where --mode / --max-pixels would not run the image whole
             probs = predictor.planning_probabilities(image[None])
@@ -248,13 +236,13 @@ def predict_files(predictor: onboard.Predictor, files: list[Path], out: Path, cl
                 mask = predictor.masks(image[None])[0]  # full size, window by window
             result = nav.navigate(probs)
         if nav is not None and nav.ground is not None:  # the grid planner
-            picture = video.draw_ground_navigation(overlay(image, mask, classes, alpha), result, nav.ground)
+            picture = video.draw_ground_navigation(overlay.blend(image, mask, classes, alpha), result, nav.ground)
             figures.ground_figure(image, mask, result, nav.ground, out / f"{name}_navigation.png", classes)
             if nav.save_grid:
                 ground.save_map(result["cells"], nav.ground.grid, out / f"{name}_grid")
             headings.append({"image": str(path), **nav.record(result)})
         elif nav is not None:  # the strip planner
-            picture = video.draw_navigation(overlay(image, mask, classes, alpha), result)
+            picture = video.draw_navigation(overlay.blend(image, mask, classes, alpha), result)
             figures.navigation_figure([(image, mask, result)], out / f"{name}_navigation.png", classes,
                                       profile=nav.profile, stop_threshold=nav.stop_threshold)
             headings.append({"image": str(path), **nav.record(result)})
@@ -312,7 +300,7 @@ def main(args) -> list[Path]:
         nav = video.NavigationSpec(args.navigation, costs, ground=navigator, save_grid=args.save_grid)
     if args.video or args.camera is not None:
         result = video.run_stream(video.frame_model(predictor, args.smooth, nav),
-                                  args.video if args.video else args.camera, Path(args.out), classes, overlay,
+                                  args.video if args.video else args.camera, Path(args.out), classes,
                                   alpha=args.alpha, every=args.every, nav=nav,
                                   max_frames=args.max_frames)
         print(f"wrote {result['frames']} frame(s) ({result['predicted']} predicted, {result['frames_per_s']} "

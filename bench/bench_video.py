@@ -38,7 +38,6 @@ import tensorflow as tf
 from kit import ground
 from kit import navigation
 from kit import scene
-import predict
 from kit import inference
 from kit import video
 from kit.data import ClassTable
@@ -110,8 +109,7 @@ def main(args):
                 predictor.probabilities(x).numpy()
 
         def loop(smooth=0.0, nav=None, run=predictor):
-            return lambda: video.run_stream(video.frame_model(run, smooth, nav), clip, tmp / "out", classes,
-                                            predict.overlay, nav=nav)
+            return lambda: video.run_stream(video.frame_model(run, smooth, nav), clip, tmp / "out", classes, nav=nav)
 
         runs = {"bare_model": bare, "bare_probabilities": bare_probabilities, "video_loop": loop(),
                 "video_loop_navigation_smooth": loop(nav=nav, smooth=0.5),

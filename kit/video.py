@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from kit import ground
+from kit import overlay
 from kit import navigation
 from kit.data import ClassTable
 from kit.errors import KitError
@@ -347,10 +348,8 @@ class _Annotator:
     its probabilities. Runs on the writer thread, in frame order.
     """
 
-    def __init__(self, classes: ClassTable, alpha: float, nav: NavigationSpec | None,
-                 overlay: Callable[[np.ndarray, np.ndarray, ClassTable, float], np.ndarray],
-                 grid_dir: Path | None = None):
-        self.classes, self.alpha, self.nav, self.overlay = classes, alpha, nav, overlay
+    def __init__(self, classes: ClassTable, alpha: float, nav: NavigationSpec | None, grid_dir: Path | None = None):
+        self.classes, self.alpha, self.nav = classes, alpha, nav
         self.grid_dir = grid_dir  # map_server pairs of each planned frame go here (grid planner)
         self.mask, self.record, self.result = None, {}, None
 
@@ -369,7 +368,7 @@ class _Annotator:
                 self.record.update(self.nav.record(self.result))
                 if self.grid_dir is not None:
                     ground.save_map(self.result["cells"], self.nav.ground.grid, self.grid_dir / f"frame_{index:06d}")
-        annotated = self.overlay(frame, self.mask, self.classes, self.alpha)
+        annotated = overlay.blend(frame, self.mask, self.classes, self.alpha)
         if self.nav is not None and self.nav.ground is not None:
             annotated = draw_ground_navigation(annotated, self.result, self.nav.ground)
         elif self.nav is not None:
@@ -378,7 +377,7 @@ class _Annotator:
 
 
 def run_stream(predict: Callable[[np.ndarray], Prediction], source: str | Path | int, out: str | Path,
-               classes: ClassTable, overlay: Callable, alpha: float = 0.5, every: int = 1,
+               classes: ClassTable, alpha: float = 0.5, every: int = 1,
                nav: NavigationSpec | None = None, max_frames: int | None = None) -> dict:
     """Segment every frame of a video file or camera; write OUT/NAME_overlay.mp4 and OUT/NAME.jsonl.
 
@@ -387,7 +386,7 @@ def run_stream(predict: Callable[[np.ndarray], Prediction], source: str | Path |
             and, with `nav`, makes the cost map; its second step runs on the writer's thread), or
             any (1, H, W, 3) float32 RGB -> Prediction callable.
         source: a video file, or an int: a camera index for cv2.VideoCapture.
-        overlay: (image, mask, classes, alpha) -> RGB uint8 (predict.overlay).
+        alpha: the class colours' opacity over each frame (kit.overlay.blend).
         every: run the model on every Nth frame (1: all); the others reuse its prediction.
         nav: draw and log navigation (heading, stop, sector costs) when given.
         max_frames: stop after this many frames (a camera runs until Ctrl-C otherwise).
@@ -429,7 +428,7 @@ def run_stream(predict: Callable[[np.ndarray], Prediction], source: str | Path |
     grid_dir = out / f"{name}_grids" if nav is not None and nav.ground is not None and nav.save_grid else None
     if grid_dir is not None:
         grid_dir.mkdir(exist_ok=True)
-    annotate = _Annotator(classes, alpha, nav, overlay, grid_dir)
+    annotate = _Annotator(classes, alpha, nav, grid_dir)
     # A FrameModel's second step runs here, on the writer's thread, while the model goes on.
     run_model, finish = (predict.model, predict.finish) if isinstance(predict, FrameModel) else (predict, None)
     written = {"frames": 0}

@@ -190,7 +190,7 @@ def test_video_with_navigation_without_tensorflow_matches_the_tensorflow_path(ex
     classes = inference.classes_for_model(out / name, model)
     nav = video.NavigationSpec("safe", predict.navigation.class_costs_for(classes.names, {}))
     video.run_stream(video.frame_model(inference.Predictor(model), 0.5, nav), clip, tmp_path / "tf", classes,
-                     predict.overlay, every=2, nav=nav)
+                     every=2, nav=nav)
     reference = _lines(tmp_path / "tf" / "drive.jsonl")
     assert len(car) == len(reference) == CLIP_FRAMES
     assert [r["predicted"] for r in car] == [i % 2 == 0 for i in range(CLIP_FRAMES)]

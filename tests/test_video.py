@@ -17,6 +17,7 @@ from PIL import Image
 from kit import config
 from kit import inference
 from kit import navigation
+from kit import overlay
 import download_data
 import evaluate
 import predict
@@ -244,7 +245,7 @@ def test_sigterm_mid_video_still_closes_a_playable_video(clip, tmp_path):
 
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
-        video.run_stream(predict_fn, clip, tmp_path, classes, predict.overlay)
+        video.run_stream(predict_fn, clip, tmp_path, classes)
     assert signal.getsignal(signal.SIGTERM) is previous  # restored
     written = _frames(tmp_path / "drive_overlay.mp4")  # an mp4 killed mid-write has no index: 0 frames
     assert 0 < len(written) < FRAMES
@@ -294,7 +295,7 @@ def test_plain_stream_gets_masks_from_the_model_and_navigation_gets_a_cost_map(m
     decided = top2[..., 1] - top2[..., 0] > 1e-4
     assert decided.mean() > 0.9
     np.testing.assert_array_equal(got.mask[decided], logits.argmax(-1)[decided])
-    annotate = video._Annotator(ClassTable.voc(), 0.5, nav, predict.overlay)
+    annotate = video._Annotator(ClassTable.voc(), 0.5, nav)
     _, record = annotate(x[0].astype(np.uint8), got)
     assert record["heading"] == navigation.plan(got.cost)["heading"]
     with pytest.raises(ValueError, match="needs .*probabilities or an .*cost map"):
@@ -340,17 +341,17 @@ def test_a_frame_model_finishes_frames_on_the_writer_thread_in_order(model_path,
             seen.append(("finish", threading.current_thread().name))
             return super().finish(out)
 
-    video.run_stream(Recording(predictor, smooth, nav), clip, tmp_path / "split", ClassTable.voc(), predict.overlay,
+    video.run_stream(Recording(predictor, smooth, nav), clip, tmp_path / "split", ClassTable.voc(),
                      nav=nav)
     assert {name for step, name in seen if step == "model"} == {threading.main_thread().name}
     assert {name for step, name in seen if step == "finish"} == {"video-writer"}
     assert [step for step, _ in seen].count("finish") == FRAMES
     # The same frames through one call each (model and finish on this thread) give the same lines.
     whole = video.frame_model(predictor, smooth, nav)
-    video.run_stream(lambda x: whole(x), clip, tmp_path / "whole", ClassTable.voc(), predict.overlay, nav=nav)
+    video.run_stream(lambda x: whole(x), clip, tmp_path / "whole", ClassTable.voc(), nav=nav)
     if not planned:  # and the model's own masks graph, run whole, gives them too
         video.run_stream(lambda x: video.Prediction(predictor.masks(x)[0]), clip, tmp_path / "masks",
-                         ClassTable.voc(), predict.overlay)
+                         ClassTable.voc())
         assert _lines(tmp_path / "split" / "drive.jsonl") == _lines(tmp_path / "masks" / "drive.jsonl")
     assert _lines(tmp_path / "split" / "drive.jsonl") == _lines(tmp_path / "whole" / "drive.jsonl")
 
@@ -360,28 +361,31 @@ def test_overlay_blends_classes_and_keeps_background_pixels():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     mask = rng.integers(0, 3, (HEIGHT, WIDTH)).astype(np.uint8)
-    out = predict.overlay(image, mask, classes, 0.3)
+    out = overlay.blend(image, mask, classes, 0.3)
     expected = 0.7 * image + 0.3 * classes.palette()[mask].astype(np.float64)
     fg = mask > 0
     assert out.dtype == np.uint8 and out.shape == image.shape
     np.testing.assert_array_equal(out[~fg], image[~fg])
     assert np.abs(out[fg].astype(np.float64) - expected[fg]).max() <= 1.0
-    np.testing.assert_array_equal(predict.overlay(image.astype(np.float32), mask, classes, 0.3), out)
+    np.testing.assert_array_equal(overlay.blend(image.astype(np.float32), mask, classes, 0.3), out)
 
 
 @pytest.mark.skipif(not os.sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
-def test_writer_thread_yields_to_the_model_and_the_reader_does_not(clip, tmp_path):
+def test_writer_thread_yields_to_the_model_and_the_reader_does_not(clip, tmp_path, monkeypatch):
     import threading
 
     classes = ClassTable.voc()
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     seen = set()
 
-    def overlay(frame, mask, table, alpha):  # runs on the writer thread
-        seen.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return predict.overlay(frame, mask, table, alpha)
+    blend = overlay.blend
 
-    video.run_stream(lambda x: video.Prediction(np.zeros(x.shape[1:3], np.uint8)), clip, tmp_path, classes, overlay,
+    def watched(frame, mask, table, alpha):  # runs on the writer thread
+        seen.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return blend(frame, mask, table, alpha)
+
+    monkeypatch.setattr(overlay, "blend", watched)
+    video.run_stream(lambda x: video.Prediction(np.zeros(x.shape[1:3], np.uint8)), clip, tmp_path, classes,
                      max_frames=3)
     assert seen == {min(19, base + video.WRITER_NICE)}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the model's thread is untouched
@@ -395,5 +399,5 @@ def test_a_priority_that_cannot_be_lowered_warns_and_the_stream_still_runs(clip,
     monkeypatch.setattr(video.os, "setpriority", refuse)
     with pytest.warns(RuntimeWarning, match="video-writer"):
         result = video.run_stream(lambda x: video.Prediction(np.zeros(x.shape[1:3], np.uint8)), clip, tmp_path,
-                                  ClassTable.voc(), predict.overlay, max_frames=4)
+                                  ClassTable.voc(), max_frames=4)
     assert result["frames"] == 4
