@@ -176,11 +176,12 @@ def winograd_applies(layer, inputs, training: bool) -> bool:
         return False
     if choice == "on":
         return True
+    # The size is known here, so neither count is None.
     multiplies = winograd_multiplies(size, layer.dilation_rate)
     in_bounds = in_bounds_fraction(size, layer.kernel_size, layer.dilation_rate)
     return (not tf.config.list_physical_devices("GPU")
             and min(inputs.shape[-1], layer.filters) >= WINOGRAD_MIN_CHANNELS
-            and multiplies <= WINOGRAD_MAX_SHARE * 9 * (1.0 if in_bounds is None else in_bounds))
+            and multiplies <= WINOGRAD_MAX_SHARE * 9 * in_bounds)
 
 
 def _tile_rows(x, axis: int, tiles: int):
