@@ -41,6 +41,7 @@ import os
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -57,19 +58,24 @@ from kit import overlay
 from kit import runtime
 from kit import video
 from kit.data import ClassTable, DataError
+from kit.errors import KitError
 
 NAVIGATION_LOG = "navigation.jsonl"  # images' headings, one JSON object per image
 
 
-def _smooth_factor(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    try:
-        return video.check_smooth(value)  # the bound lives there
-    except video.VideoError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+def _bounded_number(check: Callable[[float], float], bounds: str) -> Callable[[str], float]:
+    """An argparse type: a number that `check` accepts (the bound lives in the library that
+    uses the value), else a usage error with its message."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {bounds}, got {text!r}") from None
+        try:
+            return check(value)
+        except KitError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
 
 
 def _class_costs(text: str) -> dict[str, float]:
@@ -109,13 +115,15 @@ def parse_args(argv=None):
                    "pair of each grid")
     p.add_argument("--every", type=cli.whole_number(1), default=1, metavar="N", help="video: run the model on every Nth "
                    "frame, reusing its prediction on the frames between (default 1: every frame)")
-    p.add_argument("--smooth", type=_smooth_factor, default=0.0, metavar="A", help="video: average class "
-                   "probabilities over time, p = A * previous + (1 - A) * new, A in [0, 1) (default 0: none)")
+    p.add_argument("--smooth", type=_bounded_number(video.check_smooth, "[0, 1)"), default=0.0, metavar="A",
+                   help="video: average class probabilities over time, p = A * previous + (1 - A) * new, A in "
+                   "[0, 1) (default 0: none)")
     p.add_argument("--max-frames", type=cli.whole_number(1), metavar="N", help="video: stop after N frames (a camera "
                    "otherwise runs until Ctrl-C)")
     p.add_argument("--labelmap", help="a CVAT labelmap.txt naming the model's classes (default: the model's run)")
     config.add_arguments(p, config.INFERENCE)
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask colours")
+    p.add_argument("--alpha", type=_bounded_number(overlay.check_alpha, "[0, 1]"), default=0.5,
+                   help="overlay opacity of the mask colours, in [0, 1]")
     cli.add_debug_flag(p)
     args = p.parse_args(argv)
     kinds = [kind for kind, given in (("images", args.inputs), ("--video", args.video),

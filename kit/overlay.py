@@ -9,6 +9,15 @@ import cv2
 import numpy as np
 
 from kit.data import ClassTable
+from kit.errors import ConfigError
+
+
+def check_alpha(value: float) -> float:
+    """`value` if it is an opacity in [0, 1]; else a ConfigError saying so. Outside it, the
+    blend's weights (1 - alpha, alpha) would leave [0, 1] and saturate the picture."""
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--alpha must be in [0, 1] (0: the image alone, 1: the class colours alone), got {value}")
+    return float(value)
 
 
 def blend(image: np.ndarray, mask: np.ndarray, classes: ClassTable, alpha: float) -> np.ndarray:

@@ -401,3 +401,11 @@ def test_a_priority_that_cannot_be_lowered_warns_and_the_stream_still_runs(clip,
         result = video.run_stream(lambda x: video.Prediction(np.zeros(x.shape[1:3], np.uint8)), clip, tmp_path,
                                   ClassTable.voc(), max_frames=4)
     assert result["frames"] == 4
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "abc"])
+def test_alpha_outside_zero_to_one_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict.parse_args(["--model", "m.keras", "photo.jpg", "--alpha", value])
+    assert exit_info.value.code == 2 and "--alpha" in capsys.readouterr().err
+    assert predict.parse_args(["--model", "m.keras", "photo.jpg", "--alpha", "1"]).alpha == 1.0
